@@ -1,0 +1,97 @@
+"""What every algorithm shares: masked means, loss aggregation, the clipped surrogate, KL estimators,
+entropy and group statistics. Each is one small function; the algorithm files only call them.
+
+Notation (as in ../shared/docs/algorithms.md):
+    logp          log-prob of a sampled token under the policy being trained        (B, T)
+    old_logp      the same under the policy that sampled it (fixed for a rollout)  (B, T)
+    ref_logp      the same under the frozen reference model (the warm-up)          (B, T)
+    mask          1.0 on response tokens (EOS included), 0.0 on padding             (B, T)
+B rows = prompts x samples per prompt; one prompt's samples form a *group* of G consecutive rows.
+"""
+import torch
+
+
+def masked_sum(x, mask, dim=None):
+    """Sum of x over the positions where mask is 1."""
+    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
+
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x over the positions where mask is 1 (0 where the mask is empty, never NaN)."""
+    return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)
+
+
+def aggregate_loss(token_loss, mask, mode, n_tokens, n_rows):
+    """Reduce a per-token loss (B, T) to a scalar.
+
+    token-mean            sum_{i,t} L * mask / (tokens in the mini-batch)      (verl's default, 2504.11343)
+    seq-mean-token-mean   mean_i ( sum_t L * mask / |o_i| )                    (the GRPO paper's form)
+
+    A mini-batch may be split into micro-batches whose gradients are accumulated, so the normaliser is the
+    whole mini-batch's token count (n_tokens) or row count (n_rows), not this micro-batch's: the micro-batch
+    losses then add up to exactly the mini-batch loss.
+    """
+    if mode == "token-mean":
+        return masked_sum(token_loss, mask) / n_tokens
+    if mode == "seq-mean-token-mean":
+        return masked_mean(token_loss, mask, dim=1).sum() / n_rows
+    raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
+def clipped_surrogate(logp, old_logp, advantages, eps_low=0.2, eps_high=0.2, dual_clip=None):
+    """PPO's clipped surrogate, per token (to be minimised).
+
+        ratio = exp(logp - old_logp)
+        L     = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)
+        dual clip (A < 0 only):  L = min(L, -c * A)     (bounds the loss of a very unlikely bad token)
+
+    With old_logp == logp (first update on a fresh rollout) the ratio is 1 and the gradient is -A * grad logp.
+    Returns (loss (B, T), clipped (B, T) bool: where the clip, not the ratio, set the value).
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -ratio * advantages
+    clipped = -torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages
+    loss = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
+    return loss, clipped > unclipped
+
+
+def kl_estimate(logp, ref_logp, kind):
+    """Per-token estimate of KL(policy || reference) from a sample of the policy, with d = logp - ref_logp.
+
+    k1 = d                    unbiased, high variance, can be negative (PPO puts it in the reward)
+    k2 = d^2 / 2              biased, low variance
+    k3 = exp(-d) - 1 + d      unbiased, >= 0, low variance (GRPO puts it in the loss)
+    d is clamped to +-20 and k3 to <= 10, as public implementations do, so one wild token cannot blow up.
+    """
+    d = torch.clamp(logp - ref_logp, -20, 20)
+    if kind == "k1":
+        return d
+    if kind == "k2":
+        return 0.5 * d * d
+    if kind == "k3":
+        return torch.clamp(torch.exp(-d) - 1 + d, max=10)
+    raise ValueError(f"unknown KL estimator {kind!r}")
+
+
+def entropy_from_logits(logits):
+    """Entropy of the softmax over the last dimension: (..., V) -> (...)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def group_view(rewards, group_size):
+    """(B,) rewards of consecutive groups -> (B / G, G)."""
+    return rewards.view(-1, group_size)
+
+
+def group_outcomes(correct, group_size):
+    """Per group: are all samples right / all wrong? correct (B,) bool -> (all_correct, all_wrong), each (B / G,)."""
+    correct = group_view(correct, group_size)
+    return correct.all(dim=1), ~correct.any(dim=1)
+
+
+def per_row(group_values, group_size):
+    """(B / G,) per-group values -> (B,) by repeating each for its G rows."""
+    return group_values.repeat_interleave(group_size)

@@ -1,0 +1,44 @@
+"""GRPO — Group Relative Policy Optimization (Shao et al., DeepSeekMath, arXiv 2402.03300), in the form
+arXiv 2504.11343 ("A Minimalist Approach to LLM Reasoning") trains and compares against.
+
+For each prompt q the policy samples a group of G responses o_1..o_G with rewards r_1..r_G. Every token
+of o_i gets the same group-normalised advantage
+
+    A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps)
+
+and the policy minimises the clipped surrogate plus a KL penalty to the reference model:
+
+    L(θ) = agg_{i,t} [ -min(ρ_it A_i, clip(ρ_it, 1 - ε_low, 1 + ε_high) A_i) + β · k3(π_θ || π_ref)_it ]
+    ρ_it = π_θ(o_it | q, o_i,<t) / π_old(o_it | q, o_i,<t)
+
+A group whose samples are all right or all wrong has A_i = 0: it teaches nothing but the KL term.
+The 2504.11343 ablation "GRPO without std normalisation" is `--no-std-normalize` (A_i = r_i - mean).
+"""
+from algorithms.common import aggregate_loss, clipped_surrogate, group_view, kl_estimate, masked_mean
+
+EPS = 1e-6  # verl's epsilon; TRL uses 1e-4
+
+
+def group_advantages(rewards, group_size, normalize_std=True):
+    """(B,) rewards, groups of G consecutive rows -> (B,) advantages. A group of one has advantage 0."""
+    r = group_view(rewards.float(), group_size)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if normalize_std and group_size > 1:
+        adv = adv / (r.std(dim=1, keepdim=True) + EPS)
+    return adv.flatten()
+
+
+def advantages(rollout, cfg):
+    """Per-token advantages (B, T): each response's A_i on all of its tokens."""
+    adv = group_advantages(rollout.rewards, rollout.group_size, cfg.std_normalize)
+    return adv[:, None] * rollout.response_mask
+
+
+def loss(logp, batch, cfg):
+    """logp (B, T) under the current policy -> (scalar loss, stats)."""
+    token_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high)
+    if cfg.kl_coef:
+        token_loss = token_loss + cfg.kl_coef * kl_estimate(logp, batch.ref_logprobs, "k3")
+    mask = batch.response_mask
+    return aggregate_loss(token_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows), {
+        "clip_fraction": masked_mean(clipped.float(), mask).item()}

@@ -1,0 +1,16 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import minireason  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A freshly initialised tiny char-level LLaMA (the default model's config) and its tokenizer."""
+    path = tmp_path_factory.mktemp("tiny")
+    minireason.build_tiny_model(path)
+    return minireason.load_model(str(path), path, "cpu")

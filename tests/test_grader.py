@@ -1,0 +1,267 @@
+"""Tests for algorithms/grader.py, one group per rule: answers that must be equal, answers that must not."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from algorithms.grader import (_grade_in_process, answers_equal, extract_answer, grade, grade_batch, has_answer,
+                               normalize_answer)
+
+NO_HANG = 10.0  # seconds: generous, only to prove that nothing hangs; the time limit itself is 2 s
+BIG = "1234567890" * 40  # a 400-digit integer
+SLOW = "\\boxed{(x+y+z)^{10000}}"  # sympy needs minutes to compare this with x
+
+
+# --- extraction -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, answer", [
+    ("so $\\boxed{3}$, no wait: $\\boxed{4}$.", "4"),                # the last box
+    ("$\\boxed{\\frac{1}{\\sqrt{2}}}$", "\\frac{1}{\\sqrt{2}}"),       # nested braces
+    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),                           # escaped braces are not grouping
+    ("\\fbox{7} is it", "7"),
+    ("$\\boxed 5$", "5"),
+    ("She makes 9 * 2 = $18 a day.\n#### 18", "18"),                # GSM8K
+    ("so 80,000+50,000\n#### 1,600\n", "1,600"),
+    ("#### Step 1\n2 + 3 = 5\n#### 5\n#### Check\nYes.", "5"),         # markdown headings are not answers
+    ("So the final answer is $\\frac{1}{2}$. Done.", "\\frac{1}{2}"),
+    ("The answer is 3.5", "3.5"),
+    ("the answer is 2. Actually THE ANSWER IS 3.", "3"),             # the last one said
+    ("3/4", "3/4"), ("-12", "-12"), ("\\frac{1}{2}", "\\frac{1}{2}"), ("(1, 2)", "(1, 2)"),  # bare references
+    ("\\text{Evelyn}", "\\text{Evelyn}"), ("east", "east"), ("5.4 \\text{ cents}", "5.4 \\text{ cents}"),
+    ("I got 12 apples and then 1,234 pears", "1,234"),               # the last number in free text
+    ("it fell to -5 degrees", "-5"),
+    ("that is 0.75 or 3/4 of it", "3/4"),
+    ("so 5-3 is left", "3"),
+    ("2*1=2, 2+1=3, 3+2=5", "5"),                                     # steps, not a bare answer
+])
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+    assert has_answer(text)
+
+
+@pytest.mark.parametrize("text", ["\\boxed{}", "$\\boxed{ }$", "\\boxed{5", "I have no idea.", "", "#### \n"])
+def test_no_answer(text):
+    assert extract_answer(text) is None
+    assert not has_answer(text)
+
+
+# --- normalisation ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, normal", [
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}"), ("\\tfrac12", "\\frac12"),
+    ("10,\\!080", "10080"), ("11,\\! 111,\\! 100", "11111100"), ("\\$32,\\!348", "32348"), ("1,234.5", "1234.5"),
+    ("(1,234)", "(1,234)"),                                        # a tuple keeps its comma
+    ("90^\\circ", "90"), ("90^{\\circ}", "90"), ("50\\%", "50"), ("$x^2$", "x^2"), ("\\(x^2\\)", "x^2"),
+    ("15\\mbox{ cm}^2", "15"), ("5.4 \\text{ cents}", "5.4"), ("\\frac{270}7\\text{ degrees}", "\\frac{270}7"),
+    ("18 dollars", "18"),
+    ("\\text{(C)}", "C"), ("(B)", "B"), ("\\text{Evelyn}", "Evelyn"),
+    ("x = 5", "5"), ("y=-2x", "-2x"), ("x \\in [-2,7]", "[-2,7]"), ("x=\\text{Evelyn}", "Evelyn"),
+    ("5x - 7y + 11z + 4 = 0", "5x-7y+11z+4=0"),                    # an equation keeps its left side
+    ("\\cot x", "\\cot x"), ("4210_{5}", "4210_5"), ("3.5.", "3.5"), ("1 \\, 000", "1000"),
+])
+def test_normalize_answer(raw, normal):
+    assert normalize_answer(raw) == normal
+
+
+# --- numbers: exact for integers and fractions, REL_TOL for written decimals ------------------------------
+
+@pytest.mark.parametrize("a, b, equal", [
+    ("-3/4", "\\frac{-3}{4}", True), ("0.5", "1/2", True), ("\\frac34", "0.75", True), (".35625", "0.35625", True),
+    ("-\\frac{3}{8}", "-0.375", True), ("1\\frac{4}{5}", "9/5", True), ("137 \\frac{1}{2}", "275/2", True),
+    ("1,234", "1234", True), ("\\$18.90", "18.9", True),
+    ("0.3333", "1/3", True), ("0.33", "1/3", False),                       # decimals: relative tolerance 1e-4
+    ("1000000001", "1000000000", False),                                   # integers: never a tolerance
+    ("2/3", "3/2", False), ("1\\frac{4}{5}", "4/5", False), ("-5", "5", False),
+])
+def test_numbers(a, b, equal):
+    assert answers_equal(a, b) == equal
+    assert answers_equal(b, a) == equal
+
+
+def test_400_digit_integers_compare_exactly():
+    assert answers_equal(BIG, BIG)
+    assert not answers_equal(BIG, BIG[:-1] + "1")  # differs in the last digit
+    assert not answers_equal(BIG, "9" + BIG[1:])   # differs in the first digit
+    assert grade(f"\\boxed{{{BIG}}}", f"#### {BIG}")
+
+
+# --- sympy: symbolic equality after our own LaTeX translation ---------------------------------------------
+
+@pytest.mark.parametrize("a, b", [
+    ("\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2"), ("\\sqrt{8}", "2\\sqrt{2}"), ("1.5\\times10^{3}", "1500"),
+    ("2\\pi", "\\pi\\cdot 2"), ("3\\pi", "\\frac{6\\pi}{2}"), ("\\sqrt[3]{27}", "3"), ("2^{10}", "1024"),
+    ("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt2}{2}"), ("x(x+1)", "x^2+x"), ("\\frac{11+9a}{20}", "\\frac{9a+11}{20}"),
+    ("-2+7i", "7i-2"), ("\\cot x", "\\frac{\\cos x}{\\sin x}"), ("3.14159", "\\pi"), ("e^{i\\pi}", "-1"),
+    ("(a+5)(b+2)", "ab+2a+5b+10"),
+])
+def test_symbolic_equal(a, b):
+    assert answers_equal(a, b)
+
+
+@pytest.mark.parametrize("a, b", [
+    ("\\sqrt{2}", "2"), ("\\sqrt{2}", "\\sqrt{3}"), ("x+1", "x-1"), ("2\\pi", "\\pi"), ("3.14", "\\pi"),
+    ("3\\sqrt{13}", "\\sqrt{39}"), ("\\frac{1}{\\sqrt{2}}", "\\sqrt{2}"), ("xy", "yx"),  # letters alone are a word
+])
+def test_symbolic_not_equal(a, b):
+    assert not answers_equal(a, b)
+
+
+# --- structures: tuples and intervals ordered, sets and lists in any order, matrices cell by cell ----------
+
+@pytest.mark.parametrize("a, b, equal", [
+    ("(1,2)", "\\left(1, 2\\right)", True), ("(1,2)", "(2,1)", False), ("(\\frac12, 3)", "(0.5,3)", True),
+    ("[0,1)", "[0, 1)", True), ("[0,1)", "[0,1]", False), ("(0,1)", "[0,1]", False), ("(1,2)", "1,2", False),
+    ("\\{1,2\\}", "\\{2, 1\\}", True), ("\\{1,2\\}", "\\{1,2,3\\}", False),
+    ("1, -2", "-2,1", True), ("1,2", "1", False),
+    ("\\{1\\pm\\sqrt{5},-2\\}", "-2, 1+\\sqrt5, 1-\\sqrt 5", True),
+    ("3 \\pm 2\\sqrt{2}", "3+2\\sqrt{2}, 3-2\\sqrt{2}", True), ("3 \\pm 2\\sqrt{2}", "3+2\\sqrt{2}", False),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,2)", True),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty, 2] \\cup (3, \\infty)", False),
+    ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", "\\begin{bmatrix}\\frac15\\\\-\\frac{18}{5}\\end{bmatrix}", True),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}", False),
+])
+def test_structures(a, b, equal):
+    assert answers_equal(a, b) == equal
+
+
+@pytest.mark.parametrize("a, b, equal", [
+    ("\\text{(C)}", "C", True), ("\\textbf{(A)}", "A", True), ("(B)", "C", False),
+    ("\\text{Evelyn}", "Evelyn", True), ("\\text{Evelyn}", "Navin", False), ("\\text{east}", "East", True),
+    ("\\text{east}", "5", False),
+])
+def test_choices_and_words(a, b, equal):
+    assert answers_equal(a, b) == equal
+
+
+# --- grading ---------------------------------------------------------------------------------------------
+
+GSM8K_SOLUTION = "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"
+MATH_SOLUTION = "We have $r = 3$ and $\\theta = \\frac{\\pi}{2}$, so $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$"
+
+
+@pytest.mark.parametrize("response, reference, right", [
+    ("She makes $\\boxed{18}$ dollars.", GSM8K_SOLUTION, True),
+    ("She makes $\\boxed{18.00}$ dollars.", GSM8K_SOLUTION, True),
+    ("She makes $\\boxed{19}$ dollars.", GSM8K_SOLUTION, False),
+    ("The answer is $(3, \\pi/2)$.", MATH_SOLUTION, True),
+    ("So $\\boxed{(3, \\pi)}$.", MATH_SOLUTION, False),
+    ("\\boxed{\\dfrac{1}{2}}", "0.5", True),
+    ("Thus $\\boxed{\\frac{\\sqrt{3}}{2}}$", "\\boxed{\\frac{\\sqrt3}{2}}", True),   # needs a worker
+    ("Thus $\\boxed{\\sqrt{2}}$", "\\boxed{2}", False),                          # needs a worker
+    ("I don't know.", "5", False), ("\\boxed{}", "5", False), ("\\boxed{5}", "", False),
+])
+def test_grade(response, reference, right):
+    assert grade(response, reference) == right
+
+
+def test_unstopped_response_earns_nothing():
+    assert grade("\\boxed{18}", "18", stopped=True)
+    assert not grade("\\boxed{18}", "18", stopped=False)
+
+
+def test_cheap_answers_are_graded_in_process():
+    # A bool now, not a pair of answers to send to a worker: "14" vs "14" must not wait for sympy.
+    for response, reference in [("\\boxed{14}", "14"), ("\\boxed{-3/4}", "\\frac{-3}{4}"), ("\\boxed{0.5}", "1/2"),
+                                ("\\boxed{15}", "14"), ("#### 1,234", "1234")]:
+        assert isinstance(_grade_in_process(response, reference, True), bool)
+    assert _grade_in_process("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", True) == ("\\sqrt{8}", "2\\sqrt{2}")
+
+
+def test_grade_batch_keeps_order_and_stopped():
+    responses = ["\\boxed{14}", "\\boxed{\\sqrt{8}}", "\\boxed{\\sqrt{8}}", "\\boxed{2}", "\\boxed{(1,2)}", "\\boxed{14}"]
+    references = ["14", "2\\sqrt{2}", "3", "\\sqrt{4}", "(2,1)", "14"]
+    stopped = [True, True, True, True, True, False]
+    assert grade_batch(responses, references, stopped) == [True, True, False, True, False, False]
+    assert grade_batch(responses[:2], references[:2]) == [True, True]
+    assert grade_batch([], []) == []
+
+
+# --- safety: hostile text is never executed and always gets a verdict in time ------------------------------
+
+HOSTILE = [
+    "__import__('os').system('echo hi')", "().__class__.__bases__[0].__subclasses__()", "lambda: 1",
+    "open('/etc/passwd')", 'exec("import os")', "9**9**9**9", "10^{10^{10}}", "2^{2^{2^{2^{2}}}}",
+    "{" * 5000 + "1" + "}" * 5000, BIG, "\\sqrt{" * 100 + "2" + "}" * 100, "(" * 500 + "1" + ")" * 500,
+    "\\frac{1}{0}", "0^{-1}", "(10^{9999})^{9999}", "\\boxed{" * 300, "1" * 5000,
+    "(" * 160 + "1" + ",1)" * 160,  # tuples nested 160 deep
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_input_gets_a_verdict(text):
+    start = time.perf_counter()
+    verdicts = grade_batch([text, f"\\boxed{{{text}}}", f"\\boxed{{{text}}}"], [text, text, "1"])
+    assert all(isinstance(verdict, bool) for verdict in verdicts)
+    assert not verdicts[2]
+    assert time.perf_counter() - start < NO_HANG
+
+
+@pytest.mark.parametrize("text", ["10^{10^{10}}", "2^{2^{2^{2^{2}}}}", "9**9**9**9", BIG])
+def test_huge_numbers_equal_themselves_and_nothing_else(text):
+    assert grade(f"\\boxed{{{text}}}", text)
+    assert not grade(f"\\boxed{{{text}}}", text + "+1")
+
+
+def test_hostile_text_is_never_executed(tmp_path):
+    target = tmp_path / "pwned"
+    payloads = [f"__import__('pathlib').Path(r'{target}').touch()", f"open(r'{target}','w')",
+                f"exec(\"open(r'{target}','w')\")", f"lambda: open(r'{target}','w')"]
+    for payload in payloads:
+        for reference in [payload, "x", "1"]:
+            answers_equal(payload, reference)  # in-process, down to the sympy step
+            grade(f"\\boxed{{{payload}}}", reference)
+    assert not target.exists()
+
+
+# --- time limit ------------------------------------------------------------------------------------------
+
+def test_time_limit_turns_a_hang_into_false():
+    start = time.perf_counter()
+    assert grade_batch([SLOW, "\\boxed{\\sqrt{8}}"], ["x", "2\\sqrt{2}"], timeout=0.5) == [False, True]
+    assert grade(SLOW, "x") is False
+    assert time.perf_counter() - start < 2 * NO_HANG
+    assert grade("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")  # the killed workers were replaced
+
+
+def test_grading_works_from_another_thread():
+    results = {}
+
+    def work():
+        results["symbolic"] = grade("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\sqrt{3}/2")
+        results["slow"] = grade_batch([SLOW], ["x"], timeout=0.5)
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(NO_HANG)
+    assert not thread.is_alive()
+    assert results == {"symbolic": True, "slow": [False]}
+    assert time.perf_counter() - start < NO_HANG
+
+
+def test_exit_is_prompt_and_kills_busy_workers():
+    # A child interpreter starts grading SLOW on a daemon thread, then exits while the worker computes.
+    child = (
+        "import json, threading, time\n"
+        "from algorithms.grader import _POOL, grade\n"
+        f"threading.Thread(target=grade, args=({SLOW!r}, 'x'), daemon=True).start()\n"
+        "while not _POOL._live:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(0.3)\n"
+        "print(json.dumps([worker.process.pid for worker in _POOL._live]))\n"
+    )
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=NO_HANG, check=True)
+    assert time.perf_counter() - start < NO_HANG
+    pids = json.loads(done.stdout)
+    assert pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):  # killed and reaped at exit, not left running as an orphan
+            os.kill(pid, 0)

@@ -1,0 +1,96 @@
+"""The hand-written sampler against HF's model.generate, its masks, and its sampling distribution."""
+import pytest
+import torch
+
+import minireason as M
+
+QUESTIONS = ["1+2", "7-3*4+2", "9*9", "5/3-1*2", "8"]
+
+
+def encode(tokenizer, questions):
+    return [tokenizer.encode(M.format_prompt(q)) for q in questions]
+
+
+def hf_greedy(model, prompts, pad_id, eos_id, max_new_tokens):
+    ids, mask = M.left_pad(prompts, pad_id)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                         eos_token_id=eos_id, pad_token_id=pad_id)
+    return out[:, ids.size(1):]
+
+
+def frequent_token(tokens):
+    """A token that some rows produce mid-way and others never: as EOS it ends rows at different steps."""
+    counts = torch.bincount(tokens[:, 1:].flatten())
+    for token in counts.argsort(descending=True).tolist():
+        rows_with = (tokens[:, 1:] == token).any(1)
+        if 0 < rows_with.sum() < len(tokens):
+            return token
+    raise AssertionError("no token splits the rows")
+
+
+def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny):
+    model, tokenizer = tiny
+    prompts, pad = encode(tokenizer, QUESTIONS), tokenizer.pad_token_id
+    free_run = hf_greedy(model, prompts, pad, None, 24)
+    eos = frequent_token(free_run)
+    expected = hf_greedy(model, prompts, pad, eos, 24)
+    _, _, response_ids, response_mask, stopped = M.sample(model, prompts, 24, eos, pad, temperature=0)
+    for row in range(len(prompts)):
+        n = int(response_mask[row].sum())
+        hf_row = expected[row].tolist()
+        hf_len = hf_row.index(eos) + 1 if eos in hf_row else len(hf_row)
+        assert response_ids[row, :n].tolist() == hf_row[:hf_len]
+        assert bool(stopped[row]) == (eos in hf_row)
+    assert stopped.any() and not stopped.all()
+
+
+def test_response_mask_covers_eos_even_when_pad_is_eos(tiny):
+    model, tokenizer = tiny
+    prompts = encode(tokenizer, QUESTIONS)
+    eos = frequent_token(hf_greedy(model, prompts, tokenizer.pad_token_id, None, 24))
+    # pad == eos, as in many real tokenizers: the mask must still include the EOS token itself
+    _, _, ids, mask, stopped = M.sample(model, prompts, 24, eos, pad_id=eos, temperature=0)
+    for row in range(len(prompts)):
+        n = int(mask[row].sum())
+        assert mask[row, :n].eq(1).all() and mask[row, n:].eq(0).all()
+        if stopped[row]:
+            assert ids[row, n - 1] == eos and (ids[row, :n - 1] != eos).all()
+        else:
+            assert n == 24
+
+
+def test_prompt_padding_and_positions():
+    ids, mask = M.left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert M.position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(tiny):
+    model, tokenizer = tiny
+    prompts, pad, eos = encode(tokenizer, QUESTIONS), tokenizer.pad_token_id, tokenizer.eos_token_id
+    greedy = M.sample(model, prompts, 12, eos, pad, temperature=0)[2]
+    torch.manual_seed(0)
+    assert torch.equal(M.sample(model, prompts, 12, eos, pad, temperature=1.0, top_k=1)[2], greedy)
+    assert torch.equal(M.sample(model, prompts, 12, eos, pad, temperature=1.0, top_p=1e-6)[2], greedy)
+
+
+def test_sampling_follows_the_model_distribution(tiny):
+    model, tokenizer = tiny
+    prompt = encode(tokenizer, ["3*4"])[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1] / 0.7
+    probs = logits.softmax(-1)
+    torch.manual_seed(0)
+    n = 20000
+    first = M.sample(model, [prompt] * n, 1, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7)[2][:, 0]
+    freq = torch.bincount(first, minlength=len(probs)).float() / n
+    assert (freq - probs).abs().max() < 0.015
+
+
+def test_top_p_keeps_the_smallest_set_covering_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.manual_seed(0)
+    draws = torch.stack([M.next_tokens(logits, 1.0, 0, 0.75) for _ in range(2000)])
+    # 0.5 + 0.3 covers 0.75: only tokens 0 and 1 can be drawn, in proportion 5:3
+    assert set(draws.flatten().tolist()) == {0, 1}
+    assert (draws == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.04)
