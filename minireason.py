@@ -24,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
+import transformers
 from tqdm import tqdm
 
 from algorithms.common import group_outcomes, kl_estimate, masked_mean, entropy_from_logits
@@ -104,35 +105,32 @@ TINY_MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, n
 def build_char_tokenizer():
     """One token per printable ASCII character and newline, plus <pad>, <eos> and <unk>."""
     from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
     tokens = ["<pad>", "<eos>", "<unk>"] + [chr(i) for i in range(32, 127)] + ["\n"]
     tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[], unk_token="<unk>"))
     tokenizer.decoder = decoders.Fuse()  # join characters back without spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>",
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>",
                                    unk_token="<unk>")
 
 
 def build_tiny_model(path):
     """Write a freshly initialised tiny LLaMA and its tokenizer to `path` (a from_pretrained folder)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
     tokenizer = build_char_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
                          eos_token_id=tokenizer.eos_token_id, **TINY_MODEL)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
 def load_model(name, cache_dir, device):
     """`tiny` (built once into the cache), or any HF causal LM id or local checkpoint folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     if name == "tiny":
         path = cache_dir / f"tiny-{settings_hash(TINY_MODEL)}"
         if not path.exists():
             build_tiny_model(path)
         name = str(path)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device)
     # Dropout off everywhere: sampling, scoring and updates must see the same function (ReFT does this too).
     model.eval()
     return model, tokenizer
@@ -209,8 +207,7 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    from transformers import DynamicCache
-    cache = DynamicCache(config=model.config)
+    cache = transformers.DynamicCache(config=model.config)
     logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     B = len(prompts)
@@ -445,6 +442,7 @@ def evaluate(model, tokenizer, problems, cfg):
 
 
 def train(cfg):
+    transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
@@ -522,6 +520,16 @@ def train(cfg):
 # Command line
 
 
+def at_least(minimum, kind=int):
+    """An argparse type: a number >= minimum (argparse names the flag in the error)."""
+    def parse(text):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    return parse
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -529,39 +537,39 @@ def parse_args(argv=None):
     a("--algo", default="grpo", choices=ALGORITHMS, help="the RL algorithm (algorithms/<name>.py)")
     a("--model", default="tiny", help="'tiny' (a 0.8M-parameter char-level LLaMA built here), an HF id or a folder")
     a("--data", default="arith", help="the task: 'arith', the built-in arithmetic problems")
-    a("--n-train", type=int, default=1000, help="training questions (a fixed set, as in ReFT)")
-    a("--n-test", type=int, default=500, help="held-out questions for evaluation")
-    a("--steps", type=int, default=60, help="RL iterations (one rollout and its updates each)")
+    a("--n-train", type=at_least(1), default=1000, help="training questions (a fixed set, as in ReFT)")
+    a("--n-test", type=at_least(1), default=500, help="held-out questions for evaluation")
+    a("--steps", type=at_least(0), default=30, help="RL iterations (one rollout and its updates each)")
     a("--seed", type=int, default=0, help="seed for the RL phase (the warm-up always uses seed 0)")
     a("--out", default=None, help="run folder (default: runs/<algo>-seed<seed>)")
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
       help="where the tiny model and warm-up checkpoints are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     # rollouts
-    a("--prompts-per-step", type=int, default=32, help="questions sampled per RL iteration")
-    a("--group-size", type=int, default=8, help="samples per question (a GRPO group)")
-    a("--max-new-tokens", type=int, default=64, help="response length limit; longer responses earn no reward")
-    a("--temperature", type=float, default=1.0, help="sampling temperature (log-probs use it too)")
-    a("--top-k", type=int, default=0, help="sample from the k likeliest tokens only (0: all)")
-    a("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set with this much probability")
+    a("--prompts-per-step", type=at_least(1), default=32, help="questions sampled per RL iteration")
+    a("--group-size", type=at_least(1), default=8, help="samples per question (a GRPO group)")
+    a("--max-new-tokens", type=at_least(1), default=64, help="response length limit; longer responses earn no reward")
+    a("--temperature", type=at_least(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
+    a("--top-k", type=at_least(0), default=0, help="sample from the k likeliest tokens only (0: all)")
+    a("--top-p", type=at_least(0.0, float), default=1.0, help="nucleus sampling: the smallest set with this much probability")
     # the update
-    a("--lr", type=float, default=3e-4, help="AdamW learning rate for RL")
-    a("--epochs", type=int, default=1, help="passes over each rollout")
-    a("--minibatches", type=int, default=2, help="optimizer steps per pass over a rollout")
-    a("--micro-batch", type=int, default=256, help="rows per forward/backward (gradient accumulation)")
-    a("--grad-clip", type=float, default=1.0, help="max gradient norm")
-    a("--clip-low", type=float, default=0.2, help="PPO clip: ratio >= 1 - clip_low")
-    a("--clip-high", type=float, default=0.2, help="PPO clip: ratio <= 1 + clip_high")
-    a("--kl-coef", type=float, default=0.001, help="β of the KL penalty to the warm-up (0: no reference model)")
+    a("--lr", type=at_least(0.0, float), default=1e-4, help="AdamW learning rate for RL")
+    a("--epochs", type=at_least(1), default=1, help="passes over each rollout")
+    a("--minibatches", type=at_least(1), default=2, help="optimizer steps per pass over a rollout")
+    a("--micro-batch", type=at_least(1), default=256, help="rows per forward/backward (gradient accumulation)")
+    a("--grad-clip", type=at_least(0.0, float), default=1.0, help="max gradient norm")
+    a("--clip-low", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio >= 1 - clip_low")
+    a("--clip-high", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio <= 1 + clip_high")
+    a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the KL penalty to the warm-up (0: no reference model)")
     a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
     a("--std-normalize", action=argparse.BooleanOptionalAction, default=True,
       help="GRPO: divide advantages by the group's std (--no-std-normalize: the 2504.11343 ablation)")
     # warm-up, evaluation, baseline
-    a("--sft-steps", type=int, default=400, help="warm-up SFT steps (ReFT stage 1)")
-    a("--sft-lr", type=float, default=1e-3, help="warm-up SFT learning rate")
-    a("--sft-batch", type=int, default=64, help="warm-up SFT batch size")
-    a("--eval-every", type=int, default=20, help="held-out evaluation every this many RL steps")
-    a("--eval-batch", type=int, default=500, help="questions per evaluation batch")
+    a("--sft-steps", type=at_least(0), default=400, help="warm-up SFT steps (ReFT stage 1)")
+    a("--sft-lr", type=at_least(0.0, float), default=1e-3, help="warm-up SFT learning rate")
+    a("--sft-batch", type=at_least(1), default=64, help="warm-up SFT batch size")
+    a("--eval-every", type=at_least(1), default=10, help="held-out evaluation every this many RL steps")
+    a("--eval-batch", type=at_least(1), default=500, help="questions per evaluation batch")
     a("--sft-baseline", action=argparse.BooleanOptionalAction, default=True,
       help="after RL, continue SFT from the warm-up for the same wall time and report its accuracy (ReFT's baseline)")
     cfg = p.parse_args(argv)

@@ -1,4 +1,6 @@
 """The hand-written sampler against HF's model.generate, its masks, and its sampling distribution."""
+import copy
+
 import pytest
 import torch
 
@@ -76,15 +78,18 @@ def test_top_k_one_and_tiny_top_p_are_greedy(tiny):
 
 def test_sampling_follows_the_model_distribution(tiny):
     model, tokenizer = tiny
+    peaked = copy.deepcopy(model)  # a fresh model is nearly uniform: sharpen it so a wrong draw shows
+    with torch.no_grad():
+        peaked.model.norm.weight.mul_(12)
     prompt = encode(tokenizer, ["3*4"])[0]
     with torch.no_grad():
-        logits = model(torch.tensor([prompt])).logits[0, -1] / 0.7
-    probs = logits.softmax(-1)
+        probs = (peaked(torch.tensor([prompt])).logits[0, -1] / 0.7).softmax(-1)
+    assert probs.max() > 0.2
     torch.manual_seed(0)
-    n = 20000
-    first = M.sample(model, [prompt] * n, 1, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7)[2][:, 0]
+    n = 4000
+    first = M.sample(peaked, [prompt] * n, 1, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7)[2][:, 0]
     freq = torch.bincount(first, minlength=len(probs)).float() / n
-    assert (freq - probs).abs().max() < 0.015
+    assert (freq - probs).abs().max() < 0.03
 
 
 def test_top_p_keeps_the_smallest_set_covering_p():
