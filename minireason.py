@@ -28,9 +28,9 @@ import transformers
 from tqdm import tqdm
 
 from algorithms.common import group_outcomes, kl_estimate, masked_mean, entropy_from_logits
-from algorithms.grader import grade, grade_batch  # noqa: F401  (grade is part of this module's API)
+from algorithms.grader import grade, grade_batch, has_answer  # noqa: F401  (grade is part of this module's API)
 
-ALGORITHMS = ("grpo",)
+ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo")
 
 # ----------------------------------------------------------------------------------------------------
 # The default task: arithmetic expressions solved one operation at a time
@@ -246,8 +246,9 @@ def response_logprobs(model, batch, temperature, with_entropy=False):
     """log π(response_t | prompt, response_<t) at the sampling temperature, for every response position.
 
     batch: anything with prompt_ids, prompt_mask (B, P) and response_ids, response_mask (B, T).
-    Returns logprobs (B, T) (0 on padding) and, if asked, the policy's entropy per position (B, T).
-    Logits are computed for response positions only: the prompt is conditioned on, never scored.
+    Returns logprobs (B, T) (0 on padding), the policy's entropy per position (B, T) if asked (else None),
+    and the last hidden states (B, T, H) at the positions that predict each response token (the value
+    head reads them). Logits are computed for response positions only: the prompt is never scored.
     """
     P = batch.prompt_ids.size(1)
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
@@ -255,13 +256,13 @@ def response_logprobs(model, batch, temperature, with_entropy=False):
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids(attention_mask)).last_hidden_state
     # the hidden state at position j predicts token j + 1: positions P-1 .. P+T-2 predict the response
-    logits = model.get_output_embeddings()(hidden[:, P - 1:-1]).float() / temperature
+    hidden = hidden[:, P - 1:-1]
+    logits = model.get_output_embeddings()(hidden).float() / temperature
     logprobs = logits.gather(-1, batch.response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
     logprobs = logprobs * batch.response_mask
-    if not with_entropy:
-        return logprobs, None
     with torch.no_grad():
-        return logprobs, entropy_from_logits(logits)
+        entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy, hidden
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,6 +281,8 @@ class Rollout:
     old_logprobs: torch.Tensor = None  # (B, T) under the policy that sampled (fixed for the rollout)
     ref_logprobs: torch.Tensor = None  # (B, T) under the reference model; None when no KL is used
     advantages: torch.Tensor = None    # (B, T) what the algorithm learns from
+    old_values: torch.Tensor = None    # (B, T) value-head predictions at sampling time (PPO)
+    returns: torch.Tensor = None       # (B, T) value targets (PPO)
     n_tokens: float = 1.0              # loss normalisers of the mini-batch these rows belong to
     n_rows: int = 1
 
@@ -303,47 +306,55 @@ class Rollout:
 
 
 @torch.inference_mode()
-def score(model, rollout, temperature, micro_batch, with_entropy=False):
-    """Log-probs (B, T) of the rollout's responses under `model` (and entropy (B, T)), micro-batch by micro-batch."""
-    B, T = rollout.response_ids.shape
-    logprobs, entropy = torch.zeros(B, T), torch.zeros(B, T)
-    for rows in torch.arange(B).split(micro_batch):
-        lp, ent = response_logprobs(model, rollout.select(rows), temperature, with_entropy)
-        logprobs[rows, :lp.size(1)] = lp.cpu()
-        if with_entropy:
-            entropy[rows, :ent.size(1)] = ent.cpu()
-    return logprobs.to(rollout.response_mask.device), entropy.to(rollout.response_mask.device)
+def score(model, rollout, temperature, micro_batch, value_head=None):
+    """Under `model`, micro-batch by micro-batch: the rollout's log-probs, entropy and, given a value head,
+    values, each (B, T) and 0 on padding."""
+    logprobs, entropy, values = (torch.zeros_like(rollout.response_mask) for _ in range(3))
+    for rows in torch.arange(len(logprobs), device=logprobs.device).split(micro_batch):
+        lp, ent, hidden = response_logprobs(model, rollout.select(rows), temperature, with_entropy=True)
+        T = lp.size(1)
+        logprobs[rows, :T], entropy[rows, :T] = lp, ent
+        if value_head is not None:
+            values[rows, :T] = value_head(hidden).squeeze(-1).float() * rollout.response_mask[rows, :T]
+    return logprobs, entropy, values
 
 
-def update(model, optimizer, rollout, algo, cfg, loss_tokens=None):
+def update(model, optimizer, rollout, algo, cfg, value_head=None):
     """The optimisation on one rollout: cfg.epochs passes over it, each split into cfg.minibatches shuffled
     mini-batches; each mini-batch is one optimizer step, its gradient accumulated over micro-batches of
-    cfg.micro_batch rows. After the first step the policy has moved, so ratios differ from 1 and the
-    algorithm's clipping keeps the later steps sound. Returns averaged stats."""
-    stats, B = {}, rollout.response_ids.size(0)
-    steps = 0
+    about cfg.micro_batch rows. After the first step the policy has moved, so ratios differ from 1 and the
+    algorithm's clipping keeps the later steps sound. Shuffling and splitting move whole groups, so a
+    group (or a DPO pair) is never cut in two. Returns the stats averaged over optimizer steps."""
+    G = rollout.group_size
+    groups_per_micro = max(1, cfg.micro_batch // G)
+    stats, steps = {}, 0
     for _ in range(cfg.epochs):
-        for minibatch in torch.randperm(B).chunk(cfg.minibatches):
-            n_tokens = rollout.response_mask[minibatch].sum().clamp(min=1)
-            for rows in minibatch.split(cfg.micro_batch):
-                micro = rollout.select(rows)
-                micro.n_tokens, micro.n_rows = n_tokens, len(minibatch)
-                logprobs, _ = response_logprobs(model, micro, cfg.temperature)
-                loss, micro_stats = algo.loss(logprobs, micro, cfg)
+        for minibatch in torch.randperm(len(rollout.rewards) // G).chunk(cfg.minibatches):
+            n_rows = len(minibatch) * G
+            n_tokens = rollout.response_mask.view(-1, G, rollout.response_mask.size(1))[minibatch].sum().clamp(min=1)
+            for groups in minibatch.split(groups_per_micro):
+                micro = rollout.select((groups[:, None] * G + torch.arange(G)).flatten().to(rollout.rewards.device))
+                micro.n_tokens, micro.n_rows = n_tokens, n_rows
+                logprobs, _, hidden = response_logprobs(model, micro, cfg.temperature)
+                if value_head is None:
+                    loss, micro_stats = algo.loss(logprobs, micro, cfg)
+                else:
+                    values = value_head(hidden).squeeze(-1).float() * micro.response_mask
+                    loss, micro_stats = algo.loss(logprobs, micro, cfg, values)
                 loss.backward()
                 for k, v in micro_stats.items():
-                    stats[k] = stats.get(k, 0.0) + v * len(rows) / len(minibatch)
-            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                    stats[k] = stats.get(k, 0.0) + v * len(groups) / len(minibatch)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
     return {k: v / steps for k, v in stats.items()}
 
 
-def make_optimizer(model, lr):
+def make_optimizer(modules, lr):
     # AdamW with weight decay 0.01, as 2504.11343's training scripts use
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=lr, weight_decay=0.01)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -364,7 +375,7 @@ def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=Non
     `seconds` of wall time, going over `problems` in shuffled epochs. Returns the steps taken."""
     sft = importlib.import_module("algorithms.sft")
     data = reference_batch(tokenizer, problems).to(cfg.device)
-    optimizer = make_optimizer(model, cfg.sft_lr)
+    optimizer = make_optimizer([model], cfg.sft_lr)
     start, step, order = time.time(), 0, []
     bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
     while (steps is None or step < steps) and (seconds is None or time.time() - start < seconds):
@@ -373,7 +384,7 @@ def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=Non
         rows, order = torch.tensor(order[:cfg.sft_batch]), order[cfg.sft_batch:]
         batch = data.select(rows)
         batch.n_tokens, batch.n_rows = batch.response_mask.sum(), len(rows)
-        logprobs, _ = response_logprobs(model, batch, 1.0)
+        logprobs, _, _ = response_logprobs(model, batch, 1.0)
         loss, _ = sft.loss(logprobs, batch, cfg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -423,8 +434,12 @@ def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
     texts = decode_responses(tokenizer, response_ids, response_mask)
     references = [p.answer for p in problems for _ in range(group_size)]
     correct = torch.tensor(grade_batch(texts, references, stopped.tolist()), device=response_ids.device)
+    rewards = correct.float()
+    if cfg.partial_reward:  # ReFT: 0.1 for a wrong answer that was at least given, 0 for none
+        answered = torch.tensor([has_answer(t) for t in texts], device=response_ids.device) & stopped
+        rewards = torch.where(~correct & answered, 0.1, rewards)
     rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size,
-                      rewards=correct.float(), correct=correct)
+                      rewards=rewards, correct=correct)
     return rollout, texts
 
 
@@ -454,8 +469,14 @@ def train(cfg):
     torch.manual_seed(cfg.seed)
     algo = importlib.import_module(f"algorithms.{cfg.algo}")
     model, tokenizer = load_model(str(warm_start), cfg.cache_dir, cfg.device)
-    reference = load_model(str(warm_start), cfg.cache_dir, cfg.device)[0] if cfg.kl_coef else None
-    optimizer = make_optimizer(model, cfg.lr)
+    needs_reference = cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)
+    reference = load_model(str(warm_start), cfg.cache_dir, cfg.device)[0] if needs_reference else None
+    value_head = None
+    if getattr(algo, "VALUE_HEAD", False):  # a linear layer on the policy's own last hidden state
+        value_head = torch.nn.Linear(model.config.hidden_size, 1).to(cfg.device)
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+    optimizer = make_optimizer([model] + ([value_head] if value_head else []), cfg.lr)
     metrics_file = open(out / "metrics.jsonl", "w")
 
     def log(metrics):
@@ -473,11 +494,18 @@ def train(cfg):
         problems, order = [train_problems[i] for i in order[:cfg.prompts_per_step]], order[cfg.prompts_per_step:]
 
         rollout, _ = generate(model, tokenizer, problems, cfg, group_size=cfg.group_size)
-        rollout.old_logprobs, entropy = score(model, rollout, cfg.temperature, cfg.micro_batch, with_entropy=True)
+        rollout.old_logprobs, entropy, rollout.old_values = score(model, rollout, cfg.temperature,
+                                                                  cfg.micro_batch, value_head)
         if reference is not None:
-            rollout.ref_logprobs, _ = score(reference, rollout, cfg.temperature, cfg.micro_batch)
+            rollout.ref_logprobs = score(reference, rollout, cfg.temperature, cfg.micro_batch)[0]
         rollout.advantages = algo.advantages(rollout, cfg)
-        stats = update(model, optimizer, rollout, algo, cfg)
+        batch = rollout
+        if hasattr(algo, "keep_rows"):  # RAFT trains on the correct samples, DPO on pairs, ...
+            rows, group_size = algo.keep_rows(rollout, cfg)
+            batch = rollout.select(rows) if len(rows) else None
+            if batch is not None:
+                batch.group_size = group_size
+        stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
         rl_seconds += time.time() - start
 
         mask = rollout.response_mask
@@ -489,6 +517,7 @@ def train(cfg):
                    "train/groups_all_correct": all_correct.float().mean().item(),
                    "train/groups_all_wrong": all_wrong.float().mean().item(),
                    "train/zero_advantage_tokens": masked_mean((rollout.advantages == 0).float(), mask).item(),
+                   "train/trained_rows": 0 if batch is None else len(batch.rewards),
                    **{f"train/{k}": v for k, v in stats.items()}, "time/rl_seconds": rl_seconds}
         if reference is not None:
             metrics["train/kl"] = masked_mean(kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3"), mask).item()
@@ -499,6 +528,8 @@ def train(cfg):
 
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
+    if value_head is not None:
+        torch.save(value_head.state_dict(), out / "model" / "value_head.pt")
     summary = {"warm-up (SFT), step 0": accuracy[0], f"+ {cfg.algo} {cfg.steps} steps ({rl_seconds:.0f} s)": accuracy[cfg.steps]}
     if cfg.sft_baseline:
         # ReFT's comparison: the same warm-up, trained on for the same wall time with SFT instead of RL
@@ -563,7 +594,18 @@ def parse_args(argv=None):
     a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the KL penalty to the warm-up (0: no reference model)")
     a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
     a("--std-normalize", action=argparse.BooleanOptionalAction, default=True,
-      help="GRPO: divide advantages by the group's std (--no-std-normalize: the 2504.11343 ablation)")
+      help="grpo: divide advantages by the group's std (--no-std-normalize: the 2504.11343 ablation)")
+    a("--reject-groups", default="all-same", choices=("all-same", "all-wrong", "all-correct"),
+      help="reinforce_rej: which groups to reject (all-same is Reinforce-Rej; the others are its ablations)")
+    a("--reject-by", default="zero", choices=("zero", "drop"),
+      help="reinforce_rej: zero the rejected groups' advantages (the authors' code) or drop them from the batch")
+    a("--partial-reward", action=argparse.BooleanOptionalAction, default=False,
+      help="ReFT's reward: 1 correct, 0.1 a wrong answer, 0 no answer (instead of 1/0)")
+    a("--gamma", type=at_least(0.0, float), default=1.0, help="ppo: discount γ of GAE")
+    a("--lam", type=at_least(0.0, float), default=0.95, help="ppo: λ of GAE")
+    a("--value-clip", type=at_least(0.0, float), default=0.2, help="ppo: how far a value may move from its old one")
+    a("--value-coef", type=at_least(0.0, float), default=5.0, help="ppo: weight of the value loss (ReFT: 5)")
+    a("--dpo-beta", type=at_least(0.0, float), default=0.1, help="dpo: β, the strength of the implicit KL to the reference")
     # warm-up, evaluation, baseline
     a("--sft-steps", type=at_least(0), default=400, help="warm-up SFT steps (ReFT stage 1)")
     a("--sft-lr", type=at_least(0.0, float), default=1e-3, help="warm-up SFT learning rate")
@@ -572,6 +614,10 @@ def parse_args(argv=None):
     a("--eval-batch", type=at_least(1), default=500, help="questions per evaluation batch")
     a("--sft-baseline", action=argparse.BooleanOptionalAction, default=True,
       help="after RL, continue SFT from the warm-up for the same wall time and report its accuracy (ReFT's baseline)")
+    # An algorithm may change a default where its paper differs (ppo: β = 0.05 in the reward, 2 epochs);
+    # a flag the user gives still wins.
+    algo = importlib.import_module(f"algorithms.{p.parse_known_args(argv)[0].algo}")
+    p.set_defaults(**getattr(algo, "DEFAULTS", {}))
     cfg = p.parse_args(argv)
     cfg.cache_dir = Path(cfg.cache_dir).expanduser()
     cfg.out = cfg.out or f"runs/{cfg.algo}-seed{cfg.seed}"

@@ -95,3 +95,19 @@ def group_outcomes(correct, group_size):
 def per_row(group_values, group_size):
     """(B / G,) per-group values -> (B,) by repeating each for its G rows."""
     return group_values.repeat_interleave(group_size)
+
+
+def clipped_policy_loss(logp, batch, cfg):
+    """The loss GRPO, Reinforce, Reinforce-Rej and RAFT++ share; they differ only in batch.advantages.
+
+        L = agg_{i,t} [ clipped_surrogate(ρ_it, A_it) + β · k3(π_θ || π_ref)_it ]
+
+    logp (B, T) under the current policy; batch carries old_logprobs, ref_logprobs (when β > 0),
+    advantages and response_mask (B, T), and the mini-batch normalisers. Returns (loss, stats).
+    """
+    token_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high)
+    if cfg.kl_coef:
+        token_loss = token_loss + cfg.kl_coef * kl_estimate(logp, batch.ref_logprobs, "k3")
+    mask = batch.response_mask
+    return aggregate_loss(token_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows), {
+        "clip_fraction": masked_mean(clipped.float(), mask).item()}

@@ -14,7 +14,7 @@ and the policy minimises the clipped surrogate plus a KL penalty to the referenc
 A group whose samples are all right or all wrong has A_i = 0: it teaches nothing but the KL term.
 The 2504.11343 ablation "GRPO without std normalisation" is `--no-std-normalize` (A_i = r_i - mean).
 """
-from algorithms.common import aggregate_loss, clipped_surrogate, group_view, kl_estimate, masked_mean
+from algorithms.common import clipped_policy_loss, group_view
 
 EPS = 1e-6  # verl's epsilon; TRL uses 1e-4
 
@@ -34,11 +34,4 @@ def advantages(rollout, cfg):
     return adv[:, None] * rollout.response_mask
 
 
-def loss(logp, batch, cfg):
-    """logp (B, T) under the current policy -> (scalar loss, stats)."""
-    token_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high)
-    if cfg.kl_coef:
-        token_loss = token_loss + cfg.kl_coef * kl_estimate(logp, batch.ref_logprobs, "k3")
-    mask = batch.response_mask
-    return aggregate_loss(token_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows), {
-        "clip_fraction": masked_mean(clipped.float(), mask).item()}
+loss = clipped_policy_loss

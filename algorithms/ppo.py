@@ -1,0 +1,82 @@
+"""PPO with a value head — the RL stage of ReFT (Luong et al., "ReFT: Reasoning with Reinforced
+Fine-Tuning", arXiv 2401.08967, §3.2), and the PPO baseline of arXiv 2504.11343.
+
+The outcome reward R arrives at the last response token; every token pays a KL penalty (k1) to the
+reference, which is the warm-up checkpoint:
+
+    r_t = R · 1[t = last] - β · (log π_old(o_t) - log π_ref(o_t))
+
+A value head V (one linear layer on the last hidden state of the policy's own trunk) predicts the return
+from each position. Generalised advantage estimation, backwards from the last token (V past the end = 0):
+
+    δ_t = r_t + γ V_{t+1} - V_t,    A_t = δ_t + γλ A_{t+1},    returns R_t = A_t + V_t
+
+then A is whitened over the batch's response tokens. The loss adds PPO's clipped value loss:
+
+    L = agg[ -min(ρ_t A_t, clip(ρ_t, 1 - ε, 1 + ε) A_t) ] + c_v · agg[ ½ max((V - R)², (V_clip - R)²) ]
+    V_clip = V_old + clip(V - V_old, -ε_v, ε_v)
+
+ReFT's settings: γ = 1, λ = 0.95, β = 0.01-0.05, ε_v = 0.2, c_v = 5, two PPO epochs per rollout, and
+with --partial-reward its reward R = 1 (correct) / 0.1 (an answer, but wrong) / 0 (no answer).
+"""
+import torch
+
+from algorithms.common import aggregate_loss, clipped_surrogate, kl_estimate, masked_mean
+
+VALUE_HEAD = True                        # the loop adds a value head and passes its predictions to loss()
+DEFAULTS = dict(kl_coef=0.05, epochs=2)  # ReFT's β (in the reward, not the loss) and PPO epochs
+
+
+def token_rewards(rollout, cfg):
+    """(B, T): the outcome reward on each response's last token, minus β · k1 on every token."""
+    mask = rollout.response_mask
+    rewards = torch.zeros_like(mask)
+    if cfg.kl_coef:
+        rewards = -cfg.kl_coef * kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k1") * mask
+    last = mask.sum(-1).long() - 1
+    rewards[torch.arange(len(last)), last] += rollout.rewards
+    return rewards
+
+
+def gae(rewards, values, mask, gamma, lam):
+    """Generalised advantage estimation. rewards, values, mask (B, T) -> (advantages, returns), (B, T)."""
+    rewards, values = rewards * mask, values * mask  # past a response's end everything is 0
+    advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        next_value = values[:, t + 1] if t + 1 < rewards.size(1) else 0.0
+        running = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * running
+        advantages[:, t] = running
+    return advantages * mask, (advantages + values) * mask
+
+
+def whiten(x, mask, eps=1e-8):
+    """Shift and scale x to mean 0, variance 1 over the masked positions."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def advantages(rollout, cfg):
+    """Whitened GAE advantages (B, T); also stores the value targets in rollout.returns."""
+    adv, rollout.returns = gae(token_rewards(rollout, cfg), rollout.old_values, rollout.response_mask,
+                               cfg.gamma, cfg.lam)
+    return whiten(adv, rollout.response_mask)
+
+
+def clipped_value_loss(values, old_values, returns, clip):
+    """½ max((V - R)², (V_clip - R)²) per token: the value may not move more than `clip` from V_old."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+
+
+def loss(logp, batch, cfg, values):
+    """logp, values (B, T) under the current policy and value head -> (scalar loss, stats)."""
+    mask = batch.response_mask
+    policy_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high)
+    value_loss = clipped_value_loss(values, batch.old_values, batch.returns, cfg.value_clip)
+    total = aggregate_loss(policy_loss + cfg.value_coef * value_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows)
+    residual_var = masked_mean((batch.returns - values) ** 2, mask) - masked_mean(batch.returns - values, mask) ** 2
+    returns_var = masked_mean((batch.returns - masked_mean(batch.returns, mask)) ** 2, mask)
+    return total, {"clip_fraction": masked_mean(clipped.float(), mask).item(),
+                   "value_loss": masked_mean(value_loss, mask).item(),
+                   "explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item()}

@@ -1,0 +1,33 @@
+"""RAFT — Reward-rAnked Fine-Tuning, i.e. rejection-sampling fine-tuning (Dong et al., arXiv 2304.06767),
+the simplest baseline of arXiv 2504.11343 ("A Minimalist Approach to LLM Reasoning", §2).
+
+Sample G responses per prompt, keep the ones the reward accepts, and fine-tune on them as if they were
+reference solutions. With r_i ∈ {+1, -1} the advantage is A_i = max(r_i, 0), and the loss is plain
+negative log-likelihood over the kept responses' tokens — no importance ratio, no clipping, no KL:
+
+    L(θ) = - agg_{i: r_i = 1, t} log π_θ(o_it | q, o_i,<t)
+
+Wrong samples are not pushed down; they are simply not trained on (keep_rows drops them). Because nothing
+anchors the update to the sampling policy, several optimizer steps on one rollout drift off-policy unchecked;
+RAFT++ (raftpp.py) adds the ratio and the clip for exactly that.
+"""
+import torch
+
+from algorithms.common import aggregate_loss
+
+
+def keep_rows(rollout, cfg):
+    """Train on the correct responses only. Returns (row indices, group size of what is kept)."""
+    return rollout.correct.nonzero().squeeze(-1), 1
+
+
+def advantages(rollout, cfg):
+    """A_i = max(r_i, 0) with r_i = ±1: 1 on every token of a correct response, 0 elsewhere. (B, T)"""
+    signed = 2 * rollout.correct.float() - 1
+    return torch.clamp(signed, min=0)[:, None] * rollout.response_mask
+
+
+def loss(logp, batch, cfg):
+    """-A · log π over the kept tokens, aggregated like the other algorithms. (scalar, stats)"""
+    return aggregate_loss(-batch.advantages * logp, batch.response_mask, cfg.loss_agg, batch.n_tokens,
+                          batch.n_rows), {}
