@@ -572,7 +572,7 @@ def parse_args(argv=None):
     a("--n-test", type=at_least(1), default=500, help="held-out questions for evaluation")
     a("--steps", type=at_least(0), default=30, help="RL iterations (one rollout and its updates each)")
     a("--seed", type=int, default=0, help="seed for the RL phase (the warm-up always uses seed 0)")
-    a("--out", default=None, help="run folder (default: runs/<algo>-seed<seed>)")
+    a("--out", default="runs/{algo}-seed{seed}", help="run folder")
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
       help="where the tiny model and warm-up checkpoints are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -591,7 +591,7 @@ def parse_args(argv=None):
     a("--grad-clip", type=at_least(0.0, float), default=1.0, help="max gradient norm")
     a("--clip-low", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio >= 1 - clip_low")
     a("--clip-high", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio <= 1 + clip_high")
-    a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the KL penalty to the warm-up (0: no reference model)")
+    a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the KL penalty to the warm-up, k3 in the loss (ppo: k1 in the reward); 0: no reference model")
     a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
     a("--std-normalize", action=argparse.BooleanOptionalAction, default=True,
       help="grpo: divide advantages by the group's std (--no-std-normalize: the 2504.11343 ablation)")
@@ -616,11 +616,13 @@ def parse_args(argv=None):
       help="after RL, continue SFT from the warm-up for the same wall time and report its accuracy (ReFT's baseline)")
     # An algorithm may change a default where its paper differs (ppo: β = 0.05 in the reward, 2 epochs);
     # a flag the user gives still wins.
-    algo = importlib.import_module(f"algorithms.{p.parse_known_args(argv)[0].algo}")
+    first = argparse.ArgumentParser(add_help=False)  # --algo alone, so --help shows the algorithm's defaults
+    first.add_argument("--algo", default="grpo", choices=ALGORITHMS)
+    algo = importlib.import_module(f"algorithms.{first.parse_known_args(argv)[0].algo}")
     p.set_defaults(**getattr(algo, "DEFAULTS", {}))
     cfg = p.parse_args(argv)
     cfg.cache_dir = Path(cfg.cache_dir).expanduser()
-    cfg.out = cfg.out or f"runs/{cfg.algo}-seed{cfg.seed}"
+    cfg.out = cfg.out.format(algo=cfg.algo, seed=cfg.seed)
     return cfg
 
 
