@@ -1,0 +1,14 @@
+"""One file per algorithm. The loop in minireason.py asks each module for two things:
+
+    advantages(rollout, cfg) -> (B, T)        what each response token learns from
+    loss(logp, batch, cfg) -> (loss, stats)   what an update minimises (PPO's also takes its value predictions)
+
+and, where an algorithm needs something particular of the loop, it declares it:
+
+    keep_rows(rollout, cfg) -> (rows, group_size)   train on a subset (RAFT: the correct samples; DPO: pairs)
+    VALUE_HEAD = True                               a value head on the policy's own trunk (PPO)
+    NEEDS_REFERENCE = True                          reference log-probs even with no KL coefficient (DPO)
+    DEFAULTS = {...}                                command-line defaults where its paper differs (PPO)
+
+What the algorithms share is in common.py; the reward is grader.py.
+"""
