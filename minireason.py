@@ -570,7 +570,7 @@ def parse_args(argv=None):
     a("--data", default="arith", help="the task: 'arith', the built-in arithmetic problems")
     a("--n-train", type=at_least(1), default=1000, help="training questions (a fixed set, as in ReFT)")
     a("--n-test", type=at_least(1), default=500, help="held-out questions for evaluation")
-    a("--steps", type=at_least(0), default=30, help="RL iterations (one rollout and its updates each)")
+    a("--steps", type=at_least(0), default=25, help="RL iterations (one rollout and its updates each)")
     a("--seed", type=int, default=0, help="seed for the RL phase (the warm-up always uses seed 0)")
     a("--out", default="runs/{algo}-seed{seed}", help="run folder")
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
