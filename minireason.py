@@ -306,14 +306,16 @@ class Rollout:
 
 
 @torch.inference_mode()
-def score(model, rollout, temperature, micro_batch, value_head=None):
-    """Under `model`, micro-batch by micro-batch: the rollout's log-probs, entropy and, given a value head,
-    values, each (B, T) and 0 on padding."""
+def score(model, rollout, temperature, micro_batch, value_head=None, with_entropy=True):
+    """Under `model`, micro-batch by micro-batch: the rollout's log-probs, entropy (if asked) and, given a
+    value head, values, each (B, T) and 0 on padding."""
     logprobs, entropy, values = (torch.zeros_like(rollout.response_mask) for _ in range(3))
     for rows in torch.arange(len(logprobs), device=logprobs.device).split(micro_batch):
-        lp, ent, hidden = response_logprobs(model, rollout.select(rows), temperature, with_entropy=True)
+        lp, ent, hidden = response_logprobs(model, rollout.select(rows), temperature, with_entropy)
         T = lp.size(1)
-        logprobs[rows, :T], entropy[rows, :T] = lp, ent
+        logprobs[rows, :T] = lp
+        if with_entropy:
+            entropy[rows, :T] = ent
         if value_head is not None:
             values[rows, :T] = value_head(hidden).squeeze(-1).float() * rollout.response_mask[rows, :T]
     return logprobs, entropy, values
@@ -497,7 +499,7 @@ def train(cfg):
         rollout.old_logprobs, entropy, rollout.old_values = score(model, rollout, cfg.temperature,
                                                                   cfg.micro_batch, value_head)
         if reference is not None:
-            rollout.ref_logprobs = score(reference, rollout, cfg.temperature, cfg.micro_batch)[0]
+            rollout.ref_logprobs = score(reference, rollout, cfg.temperature, cfg.micro_batch, with_entropy=False)[0]
         rollout.advantages = algo.advantages(rollout, cfg)
         batch = rollout
         if hasattr(algo, "keep_rows"):  # RAFT trains on the correct samples, DPO on pairs, ...
