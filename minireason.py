@@ -329,6 +329,7 @@ def update(model, optimizer, rollout, algo, cfg, value_head=None):
     group (or a DPO pair) is never cut in two. Returns the stats averaged over optimizer steps."""
     G = rollout.group_size
     groups_per_micro = max(1, cfg.micro_batch // G)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     stats, steps = {}, 0
     for _ in range(cfg.epochs):
         for minibatch in torch.randperm(len(rollout.rewards) // G).chunk(cfg.minibatches):
@@ -346,7 +347,6 @@ def update(model, optimizer, rollout, algo, cfg, value_head=None):
                 loss.backward()
                 for k, v in micro_stats.items():
                     stats[k] = stats.get(k, 0.0) + v * len(groups) / len(minibatch)
-            params = [p for group in optimizer.param_groups for p in group["params"]]
             stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -504,9 +504,7 @@ def train(cfg):
         batch = rollout
         if hasattr(algo, "keep_rows"):  # RAFT trains on the correct samples, DPO on pairs, ...
             rows, group_size = algo.keep_rows(rollout, cfg)
-            batch = rollout.select(rows) if len(rows) else None
-            if batch is not None:
-                batch.group_size = group_size
+            batch = dataclasses.replace(rollout.select(rows), group_size=group_size) if len(rows) else None
         stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
         rl_seconds += time.time() - start
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.common import masked_sum
+from algorithms.reinforce import signed_rewards
 
 NEEDS_REFERENCE = True       # the loss is relative to π_ref, with or without a KL coefficient
 DEFAULTS = dict(kl_coef=0.0)
@@ -31,7 +32,7 @@ def keep_rows(rollout, cfg):
 
 def advantages(rollout, cfg):
     """The preference label on every token: +1 for a correct (chosen) response, -1 for a wrong one. (B, T)"""
-    return (2 * rollout.correct.float() - 1)[:, None] * rollout.response_mask
+    return signed_rewards(rollout)[:, None] * rollout.response_mask
 
 
 def loss(logp, batch, cfg):

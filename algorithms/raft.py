@@ -14,6 +14,7 @@ RAFT++ (raftpp.py) adds the ratio and the clip for exactly that.
 import torch
 
 from algorithms.common import aggregate_loss
+from algorithms.reinforce import signed_rewards
 
 
 def keep_rows(rollout, cfg):
@@ -23,8 +24,7 @@ def keep_rows(rollout, cfg):
 
 def advantages(rollout, cfg):
     """A_i = max(r_i, 0) with r_i = ±1: 1 on every token of a correct response, 0 elsewhere. (B, T)"""
-    signed = 2 * rollout.correct.float() - 1
-    return torch.clamp(signed, min=0)[:, None] * rollout.response_mask
+    return torch.clamp(signed_rewards(rollout), min=0)[:, None] * rollout.response_mask
 
 
 def loss(logp, batch, cfg):
