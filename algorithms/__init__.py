@@ -8,7 +8,9 @@ and, where an algorithm needs something particular of the loop, it declares it:
     keep_rows(rollout, cfg) -> (rows, group_size)   train on a subset (RAFT: the correct samples; DPO: pairs)
     VALUE_HEAD = True                               a value head on the policy's own trunk (PPO)
     NEEDS_REFERENCE = True                          reference log-probs even with no KL coefficient (DPO)
+    REFERENCE_RESPONSES = True                      train on reference chains, sample nothing (SFT)
     DEFAULTS = {...}                                command-line defaults where its paper differs (PPO)
 
-What the algorithms share is in common.py; the reward is grader.py.
+What the algorithms share is in common.py; the reward is grader.py; compare.py runs them all side by side
+(`--compare`) and checks the papers' findings.
 """

@@ -9,8 +9,19 @@ model maximises the likelihood of e given x, i.e. minimises the negative log-lik
 ReFT runs this for a few epochs so the model knows the answer format and is often right, then starts RL
 from it (the "warm-up"); continuing this loss instead of doing RL is the baseline ReFT compares with.
 The prompt is conditioned on, never trained on: the mask covers the chain of thought and its EOS only.
+
+As `--algo sft` it is that baseline inside the RL loop, with the same budget per step as the RL algorithms:
+where they sample prompts x group_size responses, it takes as many reference chains (of as many questions)
+and samples nothing.
 """
 from algorithms.common import aggregate_loss
+
+REFERENCE_RESPONSES = True  # the loop hands it reference chains instead of samples
+
+
+def advantages(rollout, cfg):
+    """Every reference token has weight 1 (reported like the RL algorithms' advantages). (B, T)"""
+    return rollout.response_mask
 
 
 def loss(logp, batch, cfg):
