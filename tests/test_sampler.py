@@ -10,7 +10,7 @@ QUESTIONS = ["1+2", "7-3*4+2", "9*9", "5/3-1*2", "8"]
 
 
 def encode(tokenizer, questions):
-    return [tokenizer.encode(M.format_prompt(q)) for q in questions]
+    return [M.encode_prompt(tokenizer, q, "") for q in questions]
 
 
 def hf_greedy(model, prompts, pad_id, eos_id, max_new_tokens):

@@ -1,8 +1,11 @@
 """End to end: the CLI's training loop, offline on the CPU, on a smaller model than the default."""
 import json
 import math
+import os
+import signal
 
 import pytest
+import transformers
 
 import minireason as M
 
@@ -67,3 +70,48 @@ def test_warm_up_is_cached_by_its_settings(run):
     assert set(cache.glob("warmup-*")) == before                   # same settings: reused
     run("e", "--steps", "1", "--no-sft-baseline", "--sft-steps", "31")
     assert len(set(cache.glob("warmup-*")) - before) == 1          # other settings: another warm-up
+
+
+def without_times(metrics):
+    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in metrics]
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(run, monkeypatch):
+    flags = ["--steps", "4", "--eval-every", "2", "--no-sft-baseline"]
+    uninterrupted = read_metrics(run("whole", *flags))
+
+    generate, calls = M.generate, []
+
+    def ctrl_c_in_step_3(model, tokenizer, problems, cfg, group_size=1, temperature=None):
+        if group_size > 1:  # a training rollout, not an evaluation
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C while step 3 samples
+        return generate(model, tokenizer, problems, cfg, group_size, temperature)
+    monkeypatch.setattr(M, "generate", ctrl_c_in_step_3)
+    cut = run("cut", *flags)
+    monkeypatch.setattr(M, "generate", generate)
+    assert (cut / "latest").read_text() == "checkpoint-3"  # step 3 was finished, then saved
+    assert [m["step"] for m in read_metrics(cut)] == [0, 1, 2, 3]
+    assert not (cut / "model").exists()
+    checkpoint = transformers.AutoModelForCausalLM.from_pretrained(cut / "checkpoint-3")  # loads as it is
+    assert checkpoint.config.hidden_size == SMALL_MODEL["hidden_size"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(M, "TINY_MODEL", SMALL_MODEL)
+        M.train(M.parse_args(["--resume", str(cut)]))
+    assert without_times(read_metrics(cut)) == without_times(uninterrupted)
+
+
+def test_a_crash_while_saving_leaves_the_latest_checkpoint_whole(run, monkeypatch):
+    run_dir = run("saves", "--steps", "2", "--save-every", "1", "--no-sft-baseline")
+    assert (run_dir / "latest").read_text() == "checkpoint-2" and not (run_dir / "checkpoint-1").exists()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(M.torch, "save", crash)  # dies half-way through writing the next checkpoint
+    with pytest.raises(OSError):
+        run("saves", "--resume", str(run_dir), "--steps", "3")
+    monkeypatch.undo()
+    assert (run_dir / "latest").read_text() == "checkpoint-2"
+    assert transformers.AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint-2") is not None
