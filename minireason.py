@@ -2,10 +2,11 @@
 
     python minireason.py --algo grpo          # warm up a tiny model with SFT, then train it with GRPO
 
-Read top to bottom: the task (arithmetic problems with reference chains of thought), the tiny model, the
-hand-written sampler, log-probs, the rollout, the update, SFT warm-up, evaluation, the RL loop, the CLI.
-Each algorithm lives in algorithms/<name>.py (its formula, then its advantages and loss); what they
-share is in algorithms/common.py; the reward is algorithms/grader.py.
+Read top to bottom: the models (a tiny LLaMA built here, SmolLM2, any HF causal LM), the hand-written sampler,
+log-probs, the rollout, the update, SFT warm-up, evaluation, checkpoints, the RL loop, the CLI. Each algorithm
+lives in algorithms/<name>.py (its formula, then its advantages and loss); what they share is in
+algorithms/common.py; the tasks (built-in arithmetic, GSM8K and MATH files) are algorithms/tasks.py; the reward
+is algorithms/grader.py; --compare is algorithms/compare.py.
 
 The recipe is ReFT's (arXiv 2401.08967): SFT on reference chains of thought first (the warm-up, cached so
 that every algorithm and seed starts from the same checkpoint), then RL on the same questions, and finally
@@ -13,6 +14,7 @@ the comparison ReFT makes: what continued SFT reaches on held-out questions in t
 """
 import argparse
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -21,7 +23,6 @@ import json
 import math
 import os
 import random
-import re
 import resource
 import shutil
 import signal
@@ -29,7 +30,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -38,137 +38,9 @@ from tqdm import tqdm
 
 from algorithms.common import group_outcomes, kl_estimate, masked_mean, entropy_from_logits
 from algorithms.grader import extract_answer, grade, grade_batch, has_answer, normalize_answer  # noqa: F401
+from algorithms.tasks import INSTRUCTION, Problem, load_task, make_arith_problems, read_problems  # noqa: F401
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
-
-# ----------------------------------------------------------------------------------------------------
-# The default task: arithmetic expressions solved one operation at a time
-
-
-@dataclass
-class Problem:
-    question: str  # what the model is asked, e.g. "7-3*4"
-    solution: str  # reference chain of thought, ending in \boxed{answer}; None where the data has none
-    answer: str    # the final answer alone, e.g. "-5" or "7/2"
-
-
-def _fmt(x: Fraction) -> str:
-    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
-
-
-def _solve(numbers, ops):
-    """Evaluate numbers[0] ops[0] numbers[1] ... with * and / before + and -, left to right, one
-    operation per step. Returns (steps like "3*4=12", value)."""
-    values, ops, steps = [Fraction(n) for n in numbers], list(ops), []
-    for level in ("*/", "+-"):
-        i = 0
-        while i < len(ops):
-            if ops[i] not in level:
-                i += 1
-                continue
-            a, b, op = values[i], values[i + 1], ops[i]
-            if op == "/" and b == 0:
-                return None, None
-            value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else None}[op]
-            steps.append(f"{_fmt(a)}{op}{_fmt(b)}={_fmt(value)}")
-            values[i:i + 2], ops[i:i + 1] = [value], []
-    return steps, values[0]
-
-
-def make_arith_problems(n, seed, min_ops=2, max_ops=3, max_number=9):
-    """n distinct problems like "7-3*4+2" with 2-3 operations on 1..9; answers may be negative, or a
-    fraction when the last step divides. Intermediate values stay small integers so every step is a fact
-    a small model can learn."""
-    rng, seen, problems = random.Random(seed), set(), []
-    while len(problems) < n:
-        k = rng.randint(min_ops, max_ops)
-        numbers = [rng.randint(1, max_number) for _ in range(k + 1)]
-        ops = [rng.choice("+-*/") for _ in range(k)]
-        question = "".join(f"{a}{op}" for a, op in zip(numbers, ops)) + str(numbers[-1])
-        steps, value = _solve(numbers, ops)
-        if question in seen or steps is None or any("/" in s.split("=")[1] for s in steps[:-1]) \
-                or any(abs(int(Fraction(s.split("=")[1]))) > 99 for s in steps):
-            continue
-        seen.add(question)
-        problems.append(Problem(question, ", ".join(steps) + f". \\boxed{{{_fmt(value)}}}", _fmt(value)))
-    return problems
-
-
-# ----------------------------------------------------------------------------------------------------
-# Real data: GSM8K and MATH records from JSONL files
-
-INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # 2504.11343's prompt
-
-
-def problem_from_record(record, where):
-    """A GSM8K record (question; answer = worked solution ending in "#### n") or a MATH record (problem; answer,
-    or a solution whose last \\boxed{} is the answer), told apart by their fields."""
-    def field(key, required=True):
-        value = record.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise SystemExit(f"{where}: field '{key}' must be a non-empty string")
-        return value
-    if "question" in record:
-        chain, hashes, answer = field("answer").rpartition("####")
-        if not hashes or not answer.strip():
-            raise SystemExit(f"{where}: a GSM8K 'answer' must end in '#### <final answer>'")
-        chain = re.sub(r"<<[^>]*>>", "", chain).strip()  # <<48/2=24>> are calculator calls, not reasoning
-        return Problem(field("question"), f"{chain}\nThe answer is \\boxed{{{answer.strip()}}}.", answer.strip())
-    if "problem" in record:
-        solution = field("solution", required=False)
-        boxed = solution and ("\\boxed" in solution or "\\fbox" in solution)
-        answer = field("answer", required=False) or (extract_answer(solution) if boxed else None)
-        if not answer:
-            raise SystemExit(f"{where}: a MATH record needs 'answer' or a 'solution' with a \\boxed{{}} answer")
-        return Problem(field("problem"), solution, answer)
-    raise SystemExit(f"{where}: expected GSM8K fields (question, answer) or MATH fields (problem, answer/solution); "
-                     f"found {sorted(record)}")
-
-
-def read_problems(path):
-    """Every record of a JSONL file as a Problem. Bad input stops the run with the file, line and reason."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"{path}: cannot read it ({e.strerror if isinstance(e, OSError) else e})")
-    problems = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})")
-        if not isinstance(record, dict):
-            raise SystemExit(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        problems.append(problem_from_record(record, f"{path}:{number}"))
-    if not problems:
-        raise SystemExit(f"{path}: no records")
-    return problems
-
-
-def load_task(cfg):
-    """(train, held-out) problems. `arith` is the built-in task, split by its own fixed seed so every run and
-    every --seed sees the same questions; a JSONL file is split the same way (n_test held out) unless
-    --eval-data gives the held-out set. --eval-only evaluates on the whole of --eval-data or else --data."""
-    if cfg.data == "arith":
-        n_train = 1000 if cfg.n_train is None else cfg.n_train
-        problems = make_arith_problems(n_train + cfg.n_test, seed=1234)
-        train, test = problems[:n_train], problems[n_train:]
-    else:
-        problems = read_problems(cfg.data)
-        if cfg.eval_only or cfg.eval_data:
-            train, test = problems, problems
-        else:
-            random.Random(1234).shuffle(problems)
-            train, test = problems[cfg.n_test:], problems[:cfg.n_test]
-        train = train[:cfg.n_train]
-    if cfg.eval_data:
-        test = read_problems(cfg.eval_data)
-    return train, test[:cfg.eval_limit]
-
 
 # ----------------------------------------------------------------------------------------------------
 # The model: a tiny LLaMA with a character-level tokenizer, saved as an ordinary HF checkpoint
@@ -810,6 +682,9 @@ def train(cfg):
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
     optimizer = make_optimizer([model] + ([value_head] if value_head else []), cfg.lr)
+    # bf16: sampling (most of the time) runs on a bf16 copy of the weights, refreshed after every update, so its
+    # matmuls need no per-token casts; scoring and updates autocast from the fp32 weights the optimizer keeps
+    sampler = copy.deepcopy(model).to(torch.bfloat16) if cfg.dtype == "bf16" else model
     progress = load_checkpoint(resume_from, optimizer, value_head) if resume_from else Progress()
     # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
@@ -822,7 +697,7 @@ def train(cfg):
         progress.logged += 1
 
     def run_eval(step):
-        metrics, records = evaluate(model, tokenizer, test_problems, cfg, cfg.eval_k)
+        metrics, records = evaluate(sampler, tokenizer, test_problems, cfg, cfg.eval_k)
         write_jsonl(out / "samples" / f"step-{step}.jsonl", records)
         progress.accuracy[step] = metrics["accuracy"]
         return {f"eval/{k}": v for k, v in metrics.items()}
@@ -845,7 +720,7 @@ def train(cfg):
             if from_references:
                 rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
             else:
-                rollout, _ = generate(model, tokenizer, problems, cfg, group_size=cfg.group_size)
+                rollout, _ = generate(sampler, tokenizer, problems, cfg, group_size=cfg.group_size)
             rollout.old_logprobs, entropy, rollout.old_values = score(model, rollout, cfg.temperature,
                                                                       cfg.micro_batch, value_head)
             if reference is not None:
@@ -859,6 +734,8 @@ def train(cfg):
             set_gradient_checkpointing(model, cfg.grad_checkpointing)
             stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
             set_gradient_checkpointing(model, False)
+            if sampler is not model:
+                sampler.load_state_dict(model.state_dict())
             progress.rl_seconds += time.time() - start
 
             mask = rollout.response_mask
@@ -956,7 +833,8 @@ def parse_args(argv=None):
       help="where the tiny model and warm-up checkpoints are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     a("--dtype", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32",
-      help="bf16: autocast matmuls to bfloat16 (weights and optimizer state stay fp32)")
+      help="bf16: sample from a bf16 copy of the weights (2 more bytes per parameter), score and update under "
+      "bf16 autocast; the weights the optimizer updates and its state stay fp32")
     a("--save-every", type=at_least(0), default=0, help="checkpoint every this many steps and at the end (0: never; "
       "Ctrl-C always saves one)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, with its config "

@@ -11,6 +11,6 @@ and, where an algorithm needs something particular of the loop, it declares it:
     REFERENCE_RESPONSES = True                      train on reference chains, sample nothing (SFT)
     DEFAULTS = {...}                                command-line defaults where its paper differs (PPO)
 
-What the algorithms share is in common.py; the reward is grader.py; compare.py runs them all side by side
-(`--compare`) and checks the papers' findings.
+What the algorithms share is in common.py. Three modules here are not algorithms: tasks.py (the problems),
+grader.py (the reward) and compare.py (`--compare`: every algorithm side by side, and the papers' findings).
 """

@@ -5,6 +5,7 @@ import os
 import signal
 
 import pytest
+import torch
 import transformers
 
 import minireason as M
@@ -115,3 +116,22 @@ def test_a_crash_while_saving_leaves_the_latest_checkpoint_whole(run, monkeypatc
     monkeypatch.undo()
     assert (run_dir / "latest").read_text() == "checkpoint-2"
     assert transformers.AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint-2") is not None
+
+
+def test_bf16_samples_from_a_bf16_copy_and_keeps_fp32_weights(run, monkeypatch, tmp_path):
+    copies = []
+    generate = M.generate
+
+    def spy(model, *args, **kwargs):
+        copies.append(next(model.parameters()).dtype)
+        return generate(model, *args, **kwargs)
+    monkeypatch.setattr(M, "generate", spy)
+    monkeypatch.setattr(M, "TINY_MODEL", SMALL_MODEL)
+    cache = run("bf16-warm-up", "--steps", "0", "--no-sft-baseline").parent / "cache"
+    M.main(SMALL_RUN + ["--cache-dir", str(cache), "--out", str(tmp_path / "bf16"), "--steps", "2", "--dtype", "bf16",
+                        "--no-sft-baseline"])
+    assert set(copies[-3:]) == {torch.bfloat16}  # the rollouts and the last evaluation
+    train = [m for m in read_metrics(tmp_path / "bf16") if "train/reward" in m]
+    assert len(train) == 2 and all(math.isfinite(m["train/entropy"]) and math.isfinite(m["train/grad_norm"]) for m in train)
+    saved = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "model")
+    assert saved.dtype == torch.float32  # what the optimizer updated

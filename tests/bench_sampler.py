@@ -1,0 +1,98 @@
+"""minireason's sampler vs Hugging Face `model.generate`, same model, prompts and settings, in one process:
+
+    python tests/bench_sampler.py                        # SmolLM2-135M-Instruct, 64 GSM8K chat prompts x 128 tokens, fp32
+    python tests/bench_sampler.py --dtype bf16           # both in bf16 weights
+    python tests/bench_sampler.py --model tiny --rows 256 --new-tokens 64
+
+Sampling at temperature 1 with no top-k / top-p, both stopping at the model's EOS ids. Tokens/s counts the
+tokens each row generated up to and including its EOS (what a run trains on), over the wall time of the call.
+Before timing, greedy decoding of the first 8 prompts must give the same tokens from both. Peak memory is the
+rise of the process's resident set (VmHWM, reset before each call). The last line is a JSON object.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import minireason as M  # noqa: E402
+
+GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def peak_rise_mib(fn):
+    """(result, seconds, peak resident MiB above the start) of fn()."""
+    def read(field):
+        return next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith(field + ":"))
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident set
+    before, start = read("VmRSS"), time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start, read("VmHWM") - before
+
+
+def generated_tokens(tokens, stop):
+    """Tokens up to and including the first stop token of each row (rows of `tokens`: generated ids)."""
+    total = 0
+    for row in tokens.tolist():
+        ends = [i for i, t in enumerate(row) if t in stop]
+        total += ends[0] + 1 if ends else len(row)
+    return total
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--cache-dir", default=str(Path("~/.cache/minireason").expanduser()))
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model, tokenizer = M.load_model(args.model, Path(args.cache_dir), "cpu")
+    if args.dtype == "bf16":
+        model.to(torch.bfloat16)
+    questions = ([json.loads(line)["question"] for line in GSM8K.read_text().splitlines()] if GSM8K.exists()
+                 else [p.question for p in M.make_arith_problems(args.rows, seed=0)])[:args.rows]
+    prompts = [M.encode_prompt(tokenizer, q, M.INSTRUCTION) for q in questions]
+    stop, pad = M.stop_ids(model, tokenizer), tokenizer.pad_token_id
+
+    @torch.inference_mode()
+    def hf(rows, new_tokens, sample):
+        ids, mask = M.left_pad(rows, pad)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=sample,
+                             temperature=1.0 if sample else None, top_k=0 if sample else None,
+                             top_p=1.0 if sample else None, eos_token_id=stop, pad_token_id=pad)
+        return out[:, ids.size(1):]
+
+    def ours(rows, new_tokens, sample):
+        return M.sample(model, rows, new_tokens, stop, pad, temperature=1.0 if sample else 0)[2]
+
+    # same greedy tokens (ours pads after EOS; generate pads too): compare up to each row's length
+    a, b = hf(prompts[:8], 32, False), ours(prompts[:8], 32, False)
+    same_greedy = all(a[i, :n].tolist() == b[i, :n].tolist() for i, n in
+                      enumerate(min(generated_tokens(a[i:i + 1], stop), b.size(1)) for i in range(len(a))))
+    results = {}
+    for name, fn in (("hf generate", hf), ("minireason", ours)):
+        tokens, seconds, peak = peak_rise_mib(lambda: fn(prompts, args.new_tokens, True))
+        n = generated_tokens(tokens, stop)
+        results[name] = dict(tokens=n, seconds=seconds, tokens_per_s=n / seconds, peak_mib=peak)
+    print(f"{args.model} ({args.dtype}), {args.rows} prompts x up to {args.new_tokens} new tokens, sampling, "
+          f"{torch.get_num_threads()} threads; greedy tokens identical: {same_greedy}")
+    print(f"{'':<12} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'peak MiB':>9}")
+    for name, r in results.items():
+        print(f"{name:<12} {r['tokens']:7d} {r['seconds']:8.1f} {r['tokens_per_s']:9.1f} {r['peak_mib']:9.0f}")
+    hf_r, our_r = results["hf generate"], results["minireason"]
+    print(json.dumps(dict(model=args.model, dtype=args.dtype, rows=args.rows, new_tokens=args.new_tokens,
+                          same_greedy=same_greedy, hf_tokens_per_s=round(hf_r["tokens_per_s"], 1),
+                          minireason_tokens_per_s=round(our_r["tokens_per_s"], 1),
+                          hf_peak_mib=round(hf_r["peak_mib"]), minireason_peak_mib=round(our_r["peak_mib"]),
+                          speedup=round(our_r["tokens_per_s"] / hf_r["tokens_per_s"], 3),
+                          memory_ratio=round(our_r["peak_mib"] / max(hf_r["peak_mib"], 1), 3))))
+
+
+if __name__ == "__main__":
+    main()
