@@ -186,8 +186,8 @@ def write_report(out, command, wall_seconds, jobs):
     n_seeds = min(len(s) for s in runs.values())
     lines = [f"# minireason --compare: {len(runs)} arms × {n_seeds} seeds",
              "",
-             f"`{command}` — {wall_seconds / 60:.1f} min wall on {platform.machine()} with "
-             f"{len(os.sched_getaffinity(0))} CPU cores ({jobs} runs at a time), torch {torch.__version__}.",
+             f"`{command}`: the runs took {wall_seconds / 60:.1f} min wall on {platform.machine()} with "
+             f"{len(os.sched_getaffinity(0))} CPU cores ({jobs} at a time), torch {torch.__version__}.",
              f"Task `{config['data']}`, model `{config['model']}`, {config['steps']} steps of {config['prompts_per_step']} "
              f"questions × {config['group_size']} samples (sft: {config['prompts_per_step'] * config['group_size']} reference "
              f"chains), all from the same cached warm-up. Per-run config and metrics: `<arm>-seed<s>/`.",
