@@ -144,9 +144,10 @@ def findings(runs, eval_steps):
     acc_early = {arm: [100 * v for v in across_seeds(seeds, "eval/accuracy", early)] for arm, seeds in runs.items()}
     ent = {arm: across_seeds(seeds, "train/entropy", last=LAST) for arm, seeds in runs.items()}
 
-    def line(claim, verdict, a, b, unit=" points"):
-        v, diff, noise = verdict
-        return f"{claim}: {v} — {a} − {b} = {diff:+.{3 if unit == '' else 1}f}{unit} (seed noise ±{noise:.{3 if unit == '' else 1}f})."
+    def check(claim, test, values, a, b, digits=1, unit=" points"):
+        """One bullet: the claim, its verdict, and the numbers behind it."""
+        verdict, diff, noise = test(values[a], values[b])
+        return f"   - {claim}: {verdict} — {a} − {b} = {diff:+.{digits}f}{unit} (seed noise ±{noise:.{digits}f})."
 
     out = []
     if {"reinforce", "reinforce_rej", "grpo", "reinforce_rej-all-wrong", "grpo-no-std"} <= set(acc):
@@ -155,24 +156,27 @@ def findings(runs, eval_steps):
         share = (f"GRPO − Reinforce = {gain:+.1f} points, within seed noise (±{noise:.1f}): here there is no gain to "
                  f"explain; removing all-wrong groups alone gives {explained:+.1f}" if gain <= noise else
                  f"removing all-wrong groups alone gives {explained:+.1f} of GRPO's {gain:+.1f} points over Reinforce")
-        out.append("1. *Reinforce-Rej ≥ Reinforce; most of GRPO's gain over Reinforce comes from removing all-wrong "
-                   "groups, not from std normalisation* (2504.11343 §4)\n"
-                   f"   - {line('Reinforce-Rej ≥ Reinforce', at_least(acc['reinforce_rej'], acc['reinforce']), 'reinforce_rej', 'reinforce')}\n"
-                   f"   - {line('remove-all-wrong ≈ GRPO', about_equal(acc['reinforce_rej-all-wrong'], acc['grpo']), 'reinforce_rej-all-wrong', 'grpo')}"
-                   f" ({share}.)\n"
-                   f"   - {line('no std normalisation ≈ GRPO', about_equal(acc['grpo-no-std'], acc['grpo']), 'grpo-no-std', 'grpo')}")
+        out.append("\n".join([
+            "1. *Reinforce-Rej ≥ Reinforce; most of GRPO's gain over Reinforce comes from removing all-wrong groups, "
+            "not from std normalisation* (2504.11343 §4)",
+            check("Reinforce-Rej ≥ Reinforce", at_least, acc, "reinforce_rej", "reinforce"),
+            check("remove-all-wrong ≈ GRPO", about_equal, acc, "reinforce_rej-all-wrong", "grpo") + f" ({share}.)",
+            check("no std normalisation ≈ GRPO", about_equal, acc, "grpo-no-std", "grpo")]))
     if {"raftpp", "grpo"} <= set(acc):
-        out.append("2. *RAFT++ learns faster than GRPO early; GRPO catches up or passes it later* (2504.11343 §3)\n"
-                   f"   - {line(f'early (step {early}): RAFT++ ≥ GRPO', at_least(acc_early['raftpp'], acc_early['grpo']), 'raftpp', 'grpo')}\n"
-                   f"   - {line(f'late (step {final}): GRPO ≥ RAFT++', at_least(acc['grpo'], acc['raftpp']), 'grpo', 'raftpp')}")
+        out.append("\n".join([
+            "2. *RAFT++ learns faster than GRPO early; GRPO catches up or passes it later* (2504.11343 §3)",
+            check(f"early (step {early}): RAFT++ ≥ GRPO", at_least, acc_early, "raftpp", "grpo"),
+            check(f"late (step {final}): GRPO ≥ RAFT++", at_least, acc, "grpo", "raftpp")]))
     if {"raft", "raftpp", "grpo"} <= set(ent):
-        out.append("3. *Training on positives only (RAFT, RAFT++) collapses entropy faster than GRPO* (2504.11343 §3); "
-                   f"entropy averaged over the last {LAST} steps, nats per token\n"
-                   f"   - {line('RAFT below GRPO', at_least(ent['grpo'], ent['raft']), 'grpo', 'raft', unit='')}\n"
-                   f"   - {line('RAFT++ below GRPO', at_least(ent['grpo'], ent['raftpp']), 'grpo', 'raftpp', unit='')}")
+        out.append("\n".join([
+            "3. *Training on positives only (RAFT, RAFT++) collapses entropy faster than GRPO* (2504.11343 §3); "
+            f"entropy averaged over the last {LAST} steps, nats per token",
+            check("RAFT below GRPO", at_least, ent, "grpo", "raft", digits=3, unit=""),
+            check("RAFT++ below GRPO", at_least, ent, "grpo", "raftpp", digits=3, unit="")]))
     if {"ppo", "sft"} <= set(acc):
-        out.append("4. *ReFT: SFT warm-up + PPO beats continued SFT on held-out questions* (2401.08967 §4)\n"
-                   f"   - {line(f'PPO ≥ SFT at step {final}', at_least(acc['ppo'], acc['sft']), 'ppo', 'sft')}")
+        out.append("\n".join([
+            "4. *ReFT: SFT warm-up + PPO beats continued SFT on held-out questions* (2401.08967 §4)",
+            check(f"PPO ≥ SFT at step {final}", at_least, acc, "ppo", "sft")]))
     return out
 
 
