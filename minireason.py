@@ -511,12 +511,11 @@ def pass_at_k(n, c, k):
 def majority_correct(samples):
     """maj@k: whether the answer given most often (after normalisation) is right. Only responses that
     stopped by themselves vote, as only they can earn reward; ties go to the answer seen first."""
-    votes = Counter(normalize_answer(s["answer"]) for s in samples if s["answer"] is not None and s["stopped"])
-    if not votes:
+    voters = [(normalize_answer(s["answer"]), s["correct"]) for s in samples if s["answer"] is not None and s["stopped"]]
+    if not voters:
         return False
-    winner = votes.most_common(1)[0][0]
-    return next(s["correct"] for s in samples
-                if s["answer"] is not None and s["stopped"] and normalize_answer(s["answer"]) == winner)
+    winner = Counter(answer for answer, _ in voters).most_common(1)[0][0]
+    return next(correct for answer, correct in voters if answer == winner)
 
 
 def response_records(rollout, texts):

@@ -12,31 +12,25 @@ Peak memory is the process's peak resident set (VmHWM), reset before each run, m
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minireason as M  # noqa: E402
-
-
-def resident_mib(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
+from bench_sampler import peak_rise_mib  # noqa: E402  (this folder is on the path when run as a script)
 
 
 def measure(fn, hidden, head, tokens):
     """(seconds, peak MiB above the starting resident set, log-probs, gradient of the hidden states)."""
     hidden.grad, head.weight.grad = None, None
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current resident set
-    before = resident_mib("VmRSS")
-    start = time.perf_counter()
-    logprobs = fn(hidden, head, tokens)
-    logprobs.sum().backward()
-    seconds = time.perf_counter() - start
-    return seconds, resident_mib("VmHWM") - before, logprobs.detach(), hidden.grad.clone()
+
+    def forward_backward():
+        logprobs = fn(hidden, head, tokens)
+        logprobs.sum().backward()
+        return logprobs.detach()
+    logprobs, seconds, peak = peak_rise_mib(forward_backward)
+    return seconds, peak, logprobs, hidden.grad.clone()
 
 
 def naive(hidden, head, tokens):
