@@ -216,7 +216,84 @@ def next_tokens(logits, temperature, top_k, top_p):
         # drop a token when the tokens ranked above it already cover top_p (the first token always stays)
         drop = probs.cumsum(-1) - probs > top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+    # Inverse-CDF sampling: one uniform number u per row, and the token whose slice of the cumulative
+    # distribution holds u. Over a 49k vocabulary this is ~20x faster on CPU than torch.multinomial.
+    # right=True picks the first token whose running total exceeds u, so a token of probability 0 never is;
+    # u < 1 times the total rounds below the total, so the index stays inside the vocabulary.
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand_like(cdf[:, -1:]) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
+class PreallocatedLayer(transformers.cache_utils.DynamicLayer):
+    """One layer's KV cache: keys and values (B, kv_heads, positions, head_dim) written in place into buffers
+    with room for the whole response, read back as a view of the filled positions.
+
+    HF's DynamicLayer appends each token with torch.cat, which copies the layer's whole cache at every step:
+    at batch 64 on SmolLM2 that is as much memory traffic as attention itself.
+    """
+
+    def __init__(self, keys, values, length):
+        super().__init__()
+        self.key_buffer, self.value_buffer, self.length = keys, values, length
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.size(-2)
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self.length
+
+    def batch_select_indices(self, indices):
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+
+PREFILL_POSITIONS = 2048  # prompt positions per prefill forward (rows x their longest prompt)
+
+
+def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
+    """Run left-padded prompts (B, P) through the model. Returns the last position's logits (B, V) and a KV
+    cache of PreallocatedLayers holding every row's prompt, left-padded to P, with room for max_new_tokens.
+
+    One forward over the whole batch computes every pad position: 42% of the positions for 64 GSM8K chat
+    prompts. Rows are instead sorted by length and run in groups of about PREFILL_POSITIONS positions, each
+    cut to its own longest prompt; their keys and values are then placed, right-aligned, into one cache.
+    On 64 GSM8K prompts and SmolLM2 on 2 CPU cores this took prefill from 24 s to 14 s (smaller groups also
+    stay in the CPU's cache). Pad positions hold zeros, which the attention mask hides.
+    """
+    B, P = prompt_ids.shape
+    lengths = prompt_mask.sum(-1)
+    groups, group = [], []
+    for row in lengths.argsort().tolist():  # shortest first, so a group's width is its last row's length
+        if group and (len(group) + 1) * int(lengths[row]) > PREFILL_POSITIONS:
+            groups.append(group)
+            group = []
+        group.append(row)
+    groups.append(group)
+    logits, layers = None, None
+    for group in groups:
+        rows = torch.tensor(group, device=prompt_ids.device)
+        width = int(lengths[rows].max())
+        mask = prompt_mask[rows, P - width:]
+        cache = transformers.DynamicCache(config=model.config)
+        out = model(input_ids=prompt_ids[rows, P - width:], attention_mask=mask, position_ids=position_ids(mask),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        if logits is None:
+            logits = out.new_empty(B, out.size(-1))
+            layers = [PreallocatedLayer(*(t.new_zeros(B, t.size(1), P + max_new_tokens, t.size(3))
+                                          for t in (layer.keys, layer.values)), P) for layer in cache.layers]
+        logits[rows] = out
+        for ours, layer in zip(layers, cache.layers):
+            ours.key_buffer[rows, :, P - width:P] = layer.keys
+            ours.value_buffer[rows, :, P - width:P] = layer.values
+    return logits, transformers.cache_utils.Cache(layers=layers)
 
 
 @torch.inference_mode()
@@ -234,9 +311,7 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    cache = transformers.DynamicCache(config=model.config)
-    logits = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits, cache = prefill(model, prompt_ids, prompt_mask, max_new_tokens)
     B = len(prompts)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)

@@ -30,7 +30,9 @@ def frequent_token(tokens):
     raise AssertionError("no token splits the rows")
 
 
-def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny):
+@pytest.mark.parametrize("prefill_positions", [2048, 1])  # all prompts in one prefill, or one row per prefill
+def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny, monkeypatch, prefill_positions):
+    monkeypatch.setattr(M, "PREFILL_POSITIONS", prefill_positions)
     model, tokenizer = tiny
     prompts, pad = encode(tokenizer, QUESTIONS), tokenizer.pad_token_id
     free_run = hf_greedy(model, prompts, pad, None, 24)
@@ -44,6 +46,22 @@ def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny):
         assert response_ids[row, :n].tolist() == hf_row[:hf_len]
         assert bool(stopped[row]) == (eos in hf_row)
     assert stopped.any() and not stopped.all()
+
+
+def test_prefill_in_length_groups_equals_one_forward_over_the_padded_batch(tiny, monkeypatch):
+    model, tokenizer = tiny
+    ids, mask = M.left_pad(encode(tokenizer, QUESTIONS), tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=M.position_ids(mask), use_cache=True)
+    monkeypatch.setattr(M, "PREFILL_POSITIONS", 30)  # groups of one or two rows, each cut to its own width
+    logits, cache = M.prefill(model, ids, mask, max_new_tokens=5)
+    torch.testing.assert_close(logits, full.logits[:, -1], atol=1e-5, rtol=1e-5)
+    real = mask.bool()
+    for ours, theirs in zip(cache.layers, full.past_key_values.layers):
+        assert ours.key_buffer.shape[2] == ids.size(1) + 5 and ours.get_seq_length() == ids.size(1)
+        keys, expected = ours.keys.transpose(1, 2), theirs.keys.transpose(1, 2)  # (B, P, heads, head_dim)
+        torch.testing.assert_close(keys[real], expected[real], atol=1e-5, rtol=1e-5)
+        assert keys[~real].eq(0).all()  # pad positions hold zeros, hidden by the mask
 
 
 def test_response_mask_covers_eos_even_when_pad_is_eos(tiny):
@@ -90,6 +108,15 @@ def test_sampling_follows_the_model_distribution(tiny):
     first = M.sample(peaked, [prompt] * n, 1, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7)[2][:, 0]
     freq = torch.bincount(first, minlength=len(probs)).float() / n
     assert (freq - probs).abs().max() < 0.03
+
+
+def test_inverse_cdf_never_draws_a_token_of_probability_zero(monkeypatch):
+    logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf")]])  # the last token is impossible
+    # u at the very top of [0, 1): still inside the last token of nonzero probability, not past it
+    monkeypatch.setattr(torch, "rand_like", lambda t: torch.full_like(t, 1 - 2 ** -24))
+    assert M.next_tokens(logits, 1.0, 0, 1.0).tolist() == [2]
+    monkeypatch.setattr(torch, "rand_like", torch.zeros_like)  # u = 0: the first token of nonzero probability
+    assert M.next_tokens(logits[:, 1:], 1.0, 0, 1.0).tolist() == [1]
 
 
 def test_top_p_keeps_the_smallest_set_covering_p():
