@@ -302,7 +302,11 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
 
     Returns prompt_ids (B, P) and prompt_mask (B, P), left-padded; response_ids (B, T), right-padded with
     pad_id; response_mask (B, T) float, 1 on every generated token up to and including EOS (built from
-    positions, never from pad_id, which may equal eos_id); stopped (B,) bool, True where EOS was produced.
+    positions, never from pad_id, which may equal eos_id); stopped (B,) bool, True where EOS was produced;
+    and when sampling (temperature > 0) logprobs (B, T), log π(token) under the tempered distribution before
+    top-k / top-p, and entropy (B, T) of that distribution, both 0 on padding (None when greedy). They come
+    free with the logits the sampler has anyway; when the sampler is the policy itself they are the update's
+    old log-probs, with no second forward pass.
 
     A row that has produced EOS leaves the batch and the KV cache, so finished rows cost nothing. Each row
     draws its tokens from its own distribution, so removing rows changes which random numbers a row gets,
@@ -316,6 +320,7 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
+    logprobs, entropy = (torch.zeros(B, max_new_tokens, device=device) for _ in range(2))
     eos_ids = torch.tensor(eos_id, device=device).flatten()
     rows = torch.arange(B, device=device)        # which original rows are still generating
     attention_mask = prompt_mask                 # (A, P + t) for those rows
@@ -323,6 +328,10 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     for t in range(max_new_tokens):
         token = next_tokens(logits, temperature, top_k, top_p)
         tokens[rows, t] = token
+        if temperature > 0:
+            logp = (logits.float() / temperature).log_softmax(-1)
+            logprobs[rows, t] = logp.gather(-1, token[:, None]).squeeze(-1)
+            entropy[rows, t] = -(logp.exp() * logp).sum(-1)
         lengths[rows] += 1
         finished = torch.isin(token, eos_ids)
         stopped[rows[finished]] = True
@@ -338,7 +347,9 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
         next_position = next_position + 1
     T = int(lengths.max())
     response_mask = (torch.arange(T, device=device)[None] < lengths[:, None]).float()
-    return prompt_ids, prompt_mask, tokens[:, :T], response_mask, stopped
+    if temperature == 0:
+        return prompt_ids, prompt_mask, tokens[:, :T], response_mask, stopped, None, None
+    return prompt_ids, prompt_mask, tokens[:, :T], response_mask, stopped, logprobs[:, :T], entropy[:, :T]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -408,6 +419,7 @@ class Rollout:
     old_values: torch.Tensor = None    # (B, T) value-head predictions at sampling time (PPO)
     returns: torch.Tensor = None       # (B, T) value targets (PPO)
     stopped: torch.Tensor = None       # (B,) bool, True where the response ended in EOS
+    entropy: torch.Tensor = None       # (B, T) of the policy at each position, for the logs
     n_tokens: float = 1.0              # loss normalisers of the mini-batch these rows belong to
     n_rows: int = 1
 
@@ -481,7 +493,7 @@ def update(model, optimizer, rollout, algo, cfg, value_head=None):
 
 def make_optimizer(modules, lr):
     # AdamW with weight decay 0.01, as 2504.11343's training scripts use
-    return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=lr, weight_decay=0.01)
+    return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=lr, weight_decay=0.01, fused=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -562,7 +574,7 @@ def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
     Only an answer from a response that stopped by itself (EOS) can earn reward."""
     temperature = cfg.temperature if temperature is None else temperature
     prompts = [ids for p in problems for ids in [encode_prompt(tokenizer, p.question, cfg.instruction)] * group_size]
-    prompt_ids, prompt_mask, response_ids, response_mask, stopped = sample(
+    prompt_ids, prompt_mask, response_ids, response_mask, stopped, logprobs, entropy = sample(
         model, prompts, cfg.max_new_tokens, stop_ids(model, tokenizer), tokenizer.pad_token_id,
         temperature, cfg.top_k, cfg.top_p)
     texts = decode_responses(tokenizer, response_ids, response_mask)
@@ -572,8 +584,8 @@ def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
     if cfg.partial_reward:  # ReFT: 0.1 for a wrong answer that was at least given, 0 for none
         answered = torch.tensor([has_answer(t) for t in texts], device=response_ids.device) & stopped
         rewards = torch.where(~correct & answered, 0.1, rewards)
-    rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size,
-                      rewards=rewards, correct=correct, stopped=stopped)
+    rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size, rewards=rewards,
+                      correct=correct, old_logprobs=logprobs, entropy=entropy, stopped=stopped)
     return rollout, texts
 
 
@@ -795,8 +807,11 @@ def train(cfg):
                 rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
             else:
                 rollout, _ = generate(sampler, tokenizer, problems, cfg, group_size=cfg.group_size)
-            rollout.old_logprobs, entropy, rollout.old_values = score(model, rollout, cfg.temperature,
-                                                                      cfg.micro_batch, value_head)
+            if from_references or sampler is not model or value_head is not None:
+                # log-probs under the fp32 weights the update differentiates (a bf16 sampler's differ), of
+                # reference chains nobody sampled, or with the values PPO needs; else sampling gave them
+                rollout.old_logprobs, rollout.entropy, rollout.old_values = score(model, rollout, cfg.temperature,
+                                                                                  cfg.micro_batch, value_head)
             if reference is not None:
                 rollout.ref_logprobs = score(reference, rollout.to(reference_device), cfg.temperature, cfg.micro_batch,
                                              with_entropy=False)[0].to(cfg.device)
@@ -816,7 +831,7 @@ def train(cfg):
             all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
             metrics = {"step": step, "train/reward": rollout.rewards.mean().item(),
                        "train/accuracy": rollout.correct.float().mean().item(),
-                       "train/entropy": masked_mean(entropy, mask).item(),
+                       "train/entropy": masked_mean(rollout.entropy, mask).item(),
                        "train/response_length": mask.sum(-1).mean().item(),
                        "train/groups_all_correct": all_correct.float().mean().item(),
                        "train/groups_all_wrong": all_wrong.float().mean().item(),
@@ -878,10 +893,10 @@ def at_least(minimum, kind=int):
 
 # Defaults that depend on the model. The tiny one needs a warm-up, short answers and high learning rates; a
 # pretrained one already reasons, at length, and takes the small learning rate 2504.11343 trains with (1e-6)
-# and micro-batches whose (rows x length x vocabulary) logits fit in memory.
+# and micro-batches of 4 rows (on SmolLM2, 8 rows took the same time and 1.4x the peak memory: bench_step.py).
 TINY_DEFAULTS = dict(sft_steps=400, sft_lr=1e-3, lr=1e-4, max_new_tokens=64, micro_batch=256, eval_batch=500,
                      sft_baseline=True)
-PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512, micro_batch=8, eval_batch=64,
+PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512, micro_batch=4, eval_batch=64,
                            sft_baseline=False)
 
 

@@ -3,15 +3,18 @@
     pip install trl==1.16.0                 # for this comparison only; never a dependency of minireason
     python tests/bench_step.py              # SmolLM2-135M-Instruct, fp32 on both sides
     python tests/bench_step.py --trl-defaults   # TRL as it comes: bf16 autocast and gradient checkpointing
+    python tests/bench_step.py --trl-defaults --dtype bf16   # ... against minireason --dtype bf16
 
 The settings: 8 GSM8K questions x 4 samples = 32 completions of up to 128 tokens per optimizer step (TRL:
-per-device batch 8 x gradient accumulation 4; minireason: one mini-batch in micro-batches of 8), temperature 1,
+per-device batch 8 x gradient accumulation 4; minireason: one mini-batch in micro-batches of 4), temperature 1,
 top-k 0, top-p 1, β = 0 (no reference model), lr 1e-6, reward 1/0 from minireason's grader. Each side runs in a
 fresh process of its own (so its peak resident memory is its own), does two iterations and times the second.
 Without TRL installed, only minireason's half runs. The last line is a JSON object: "speedup" is TRL's seconds
 over minireason's, "memory_ratio" minireason's peak over TRL's.
 """
 import argparse
+import contextlib
+import copy
 import json
 import resource
 import subprocess
@@ -40,23 +43,30 @@ def peak_gib():
 def minireason_side(args):
     cfg = M.parse_args(["--model", args.model, "--prompts-per-step", str(PROMPTS), "--group-size", str(GROUP),
                         "--max-new-tokens", str(NEW_TOKENS), "--lr", str(LR), "--kl-coef", "0", "--minibatches", "1",
-                        "--micro-batch", "8", "--cache-dir", args.cache_dir])
+                        "--micro-batch", str(args.micro_batch), "--cache-dir", args.cache_dir])
     torch.manual_seed(0)
     model, tokenizer = M.load_model(cfg.model, cfg.cache_dir, "cpu")
     grpo = M.importlib.import_module("algorithms.grpo")
     optimizer = M.make_optimizer([model], cfg.lr)
     questions = problems(2 * PROMPTS)
-    for iteration in range(2):
-        phases, start = {}, time.perf_counter()
-        rollout, _ = M.generate(model, tokenizer, questions[iteration * PROMPTS:(iteration + 1) * PROMPTS], cfg,
-                                group_size=GROUP)
-        phases["generate"] = time.perf_counter() - start
-        rollout.old_logprobs = M.score(model, rollout, cfg.temperature, cfg.micro_batch, with_entropy=False)[0]
-        rollout.advantages = grpo.advantages(rollout, cfg)
-        phases["old log-probs"] = time.perf_counter() - start - phases["generate"]
-        M.update(model, optimizer, rollout, grpo, cfg)
-        seconds = time.perf_counter() - start
-        phases["update"] = seconds - phases["generate"] - phases["old log-probs"]
+    # as in minireason.train: in fp32 the policy samples and its sampling log-probs are the old ones; in bf16 a
+    # bf16 copy samples, the fp32 weights re-score the rollout under autocast, and the copy is refreshed after
+    sampler = copy.deepcopy(model).to(torch.bfloat16) if args.dtype == "bf16" else model
+    with torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext():
+        for iteration in range(2):
+            phases, start = {}, time.perf_counter()
+            rollout, _ = M.generate(sampler, tokenizer, questions[iteration * PROMPTS:(iteration + 1) * PROMPTS],
+                                    cfg, group_size=GROUP)
+            phases["generate"] = time.perf_counter() - start
+            if sampler is not model:
+                rollout.old_logprobs = M.score(model, rollout, cfg.temperature, cfg.micro_batch, with_entropy=False)[0]
+                phases["old log-probs"] = time.perf_counter() - start - phases["generate"]
+            rollout.advantages = grpo.advantages(rollout, cfg)
+            M.update(model, optimizer, rollout, grpo, cfg)
+            if sampler is not model:
+                sampler.load_state_dict(model.state_dict())
+            seconds = time.perf_counter() - start
+            phases["update"] = seconds - sum(phases.values())
     return dict(seconds=seconds, phases=phases, peak_gib=peak_gib(), tokens=int(rollout.response_mask.sum()))
 
 
@@ -94,6 +104,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2")
     p.add_argument("--trl-defaults", action="store_true", help="TRL with bf16 autocast and gradient checkpointing")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="minireason's --dtype")
+    p.add_argument("--micro-batch", type=int, default=4, help="minireason's rows per forward/backward")
     p.add_argument("--cache-dir", default=str(Path("~/.cache/minireason").expanduser()))
     p.add_argument("--side", choices=("minireason", "trl"), help=argparse.SUPPRESS)  # a child process's half
     args = p.parse_args()
@@ -115,11 +127,12 @@ def main():
         results[side] = json.loads(child.stdout.strip().splitlines()[-1])
     ours = results["minireason"]
     print(f"one GRPO iteration on {args.model}: {PROMPTS} questions x {GROUP} samples x up to {NEW_TOKENS} tokens, "
-          f"{torch.get_num_threads()} threads; TRL {'with its defaults (bf16, gradient checkpointing)' if args.trl_defaults else 'in fp32'}")
+          f"{torch.get_num_threads()} threads; minireason in {args.dtype}, TRL "
+          f"{'with its defaults (bf16, gradient checkpointing)' if args.trl_defaults else 'in fp32'}")
     print(f"{'':<12} {'seconds':>8} {'peak GiB':>9}   phases")
     print(f"{'minireason':<12} {ours['seconds']:8.1f} {ours['peak_gib']:9.2f}   "
           + ", ".join(f"{k} {v:.1f} s" for k, v in ours["phases"].items()))
-    summary = dict(model=args.model, trl_defaults=args.trl_defaults, minireason_seconds=round(ours["seconds"], 2),
+    summary = dict(model=args.model, dtype=args.dtype, trl_defaults=args.trl_defaults, minireason_seconds=round(ours["seconds"], 2),
                    minireason_peak_gib=round(ours["peak_gib"], 2))
     if "trl" in results:
         theirs = results["trl"]

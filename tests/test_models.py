@@ -31,8 +31,8 @@ def test_every_stop_token_ends_a_response(tiny):
     prompts = [M.encode_prompt(tokenizer, q, "") for q in ("1+2", "3*4-5", "9/3+1")]
     free = M.sample(model, prompts, 16, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0)[2]
     second = int(free[0, 3])  # a token row 0 produces greedily: make it a second stop token
-    ids, _, response, mask, stopped = M.sample(model, prompts, 16, [tokenizer.eos_token_id, second],
-                                               tokenizer.pad_token_id, temperature=0)
+    ids, _, response, mask, stopped, _, _ = M.sample(model, prompts, 16, [tokenizer.eos_token_id, second],
+                                                     tokenizer.pad_token_id, temperature=0)
     assert stopped[0] and int(mask[0].sum()) <= 4 and int(response[0, int(mask[0].sum()) - 1]) == second
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, second]
     assert M.stop_ids(model, tokenizer) == sorted({tokenizer.eos_token_id, second})

@@ -38,7 +38,7 @@ def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny, monk
     free_run = hf_greedy(model, prompts, pad, None, 24)
     eos = frequent_token(free_run)
     expected = hf_greedy(model, prompts, pad, eos, 24)
-    _, _, response_ids, response_mask, stopped = M.sample(model, prompts, 24, eos, pad, temperature=0)
+    _, _, response_ids, response_mask, stopped, _, _ = M.sample(model, prompts, 24, eos, pad, temperature=0)
     for row in range(len(prompts)):
         n = int(response_mask[row].sum())
         hf_row = expected[row].tolist()
@@ -69,7 +69,7 @@ def test_response_mask_covers_eos_even_when_pad_is_eos(tiny):
     prompts = encode(tokenizer, QUESTIONS)
     eos = frequent_token(hf_greedy(model, prompts, tokenizer.pad_token_id, None, 24))
     # pad == eos, as in many real tokenizers: the mask must still include the EOS token itself
-    _, _, ids, mask, stopped = M.sample(model, prompts, 24, eos, pad_id=eos, temperature=0)
+    _, _, ids, mask, stopped, _, _ = M.sample(model, prompts, 24, eos, pad_id=eos, temperature=0)
     for row in range(len(prompts)):
         n = int(mask[row].sum())
         assert mask[row, :n].eq(1).all() and mask[row, n:].eq(0).all()
@@ -108,6 +108,19 @@ def test_sampling_follows_the_model_distribution(tiny):
     first = M.sample(peaked, [prompt] * n, 1, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7)[2][:, 0]
     freq = torch.bincount(first, minlength=len(probs)).float() / n
     assert (freq - probs).abs().max() < 0.03
+
+
+def test_sampled_logprobs_and_entropy_equal_a_scoring_pass(tiny):
+    model, tokenizer = tiny
+    torch.manual_seed(0)
+    prompt_ids, prompt_mask, ids, mask, stopped, logprobs, entropy = M.sample(
+        model, encode(tokenizer, QUESTIONS), 16, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7,
+        top_k=5)  # log-probs are of the tempered policy before top-k, as the update computes them
+    rollout = M.Rollout(prompt_ids, prompt_mask, ids, mask, group_size=1)
+    scored_logprobs, scored_entropy, _ = M.score(model, rollout, 0.7, micro_batch=2)
+    torch.testing.assert_close(logprobs, scored_logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, scored_entropy, atol=1e-5, rtol=1e-5)
+    assert logprobs[mask == 0].eq(0).all() and logprobs[mask == 1].lt(0).all()
 
 
 def test_inverse_cdf_never_draws_a_token_of_probability_zero(monkeypatch):
