@@ -550,7 +550,7 @@ def warm_up(cfg, train_problems):
                          f"of {cfg.data} have none; pass --sft-steps 0")
     settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
                     problems=settings_hash([[p.question, p.solution] for p in train_problems]),
-                    steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, seed=0)
+                    steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, dtype=cfg.dtype, seed=0)
     path = cfg.cache_dir / f"warmup-{settings_hash(settings)}"
     if not path.exists():
         model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
@@ -1006,12 +1006,20 @@ def parse_args(argv=None):
     return cfg
 
 
+def precision(cfg):
+    """The context the run computes in. bf16: autocast from the fp32 weights, with autocast's cast cache off:
+    it keeps each weight's bf16 copy until the context exits, and a whole run is one context, so every forward
+    after the first update would still see the weights from before it. fp32: no autocast context at all (even
+    a disabled one changes which CPU kernels run)."""
+    if cfg.dtype == "bf16":
+        return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
 def main(argv):
     cfg = parse_args(argv)
     if cfg.eval_only or not cfg.compare:
-        # (no autocast context at all for fp32: even a disabled one changes which kernels run)
-        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else \
-                contextlib.nullcontext():
+        with precision(cfg):
             return evaluate_only(cfg) if cfg.eval_only else train(cfg)
     from algorithms import compare
     warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start

@@ -13,7 +13,6 @@ Without TRL installed, only minireason's half runs. The last line is a JSON obje
 over minireason's, "memory_ratio" minireason's peak over TRL's.
 """
 import argparse
-import contextlib
 import copy
 import json
 import resource
@@ -43,7 +42,8 @@ def peak_gib():
 def minireason_side(args):
     cfg = M.parse_args(["--model", args.model, "--prompts-per-step", str(PROMPTS), "--group-size", str(GROUP),
                         "--max-new-tokens", str(NEW_TOKENS), "--lr", str(LR), "--kl-coef", "0", "--minibatches", "1",
-                        "--micro-batch", str(args.micro_batch), "--cache-dir", args.cache_dir])
+                        "--micro-batch", str(args.micro_batch), "--dtype", args.dtype, "--device", "cpu",
+                        "--cache-dir", args.cache_dir])
     torch.manual_seed(0)
     model, tokenizer = M.load_model(cfg.model, cfg.cache_dir, "cpu")
     grpo = M.importlib.import_module("algorithms.grpo")
@@ -52,7 +52,7 @@ def minireason_side(args):
     # as in minireason.train: in fp32 the policy samples and its sampling log-probs are the old ones; in bf16 a
     # bf16 copy samples, the fp32 weights re-score the rollout under autocast, and the copy is refreshed after
     sampler = copy.deepcopy(model).to(torch.bfloat16) if args.dtype == "bf16" else model
-    with torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext():
+    with M.precision(cfg):
         for iteration in range(2):
             phases, start = {}, time.perf_counter()
             rollout, _ = M.generate(sampler, tokenizer, questions[iteration * PROMPTS:(iteration + 1) * PROMPTS],
