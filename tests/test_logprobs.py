@@ -24,3 +24,35 @@ def test_chunked_logprobs_match_the_full_log_softmax(monkeypatch):
     assert torch.allclose(hidden.grad, expected[0], atol=1e-6) and torch.allclose(head.weight.grad, expected[1], atol=1e-6)
     p = torch.softmax(logits, -1)
     assert torch.allclose(entropy, -(p * p.log()).sum(-1), atol=1e-5)
+
+
+def test_rows_sharing_a_prompt_get_the_logprobs_and_gradients_of_one_sequence_per_row(tiny):
+    """response_logprobs runs each distinct prompt once and its rows' responses on its KV cache; the result
+    must be what one forward over each row's prompt + response gives, gradients included."""
+    model, tokenizer = tiny
+    torch.manual_seed(0)
+    prompts = [M.encode_prompt(tokenizer, q, "") for q in ("7-3*4+2", "9*9")]  # different lengths: one is padded
+    prompt_ids, prompt_mask = M.left_pad([prompts[0]] * 3 + [prompts[1]] * 3, tokenizer.pad_token_id)
+    response_ids, response_mask = M.right_pad([torch.randint(3, 20, (n,)).tolist() for n in (5, 9, 2, 9, 1, 7)],
+                                              tokenizer.pad_token_id)
+    batch = M.Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size=3)
+    weights = torch.randn(response_mask.shape)
+    P = prompt_ids.size(1)
+
+    def gradients(logprobs):
+        model.zero_grad()
+        (logprobs * weights).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask.long()], 1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=M.position_ids(mask)).logits[:, P - 1:-1]
+    expected = logits.log_softmax(-1).gather(-1, response_ids[..., None]).squeeze(-1) * response_mask
+    expected_gradients = gradients(expected)
+
+    rows_run = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: rows_run.append(args[0].shape))
+    logprobs = M.response_logprobs(model, batch, 1.0)[0]
+    hook.remove()
+    assert rows_run == [(2, P), (6, response_ids.size(1))]  # two prompt rows for six responses
+    assert torch.allclose(logprobs, expected, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gradients(logprobs), expected_gradients))

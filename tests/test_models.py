@@ -52,7 +52,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     plain = gradients(False)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     recomputed = gradients(True)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, recomputed))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain, recomputed))  # two paths: see response_hidden
     assert not model.training  # dropout stays off
 
 

@@ -34,7 +34,7 @@ def frequent_token(tokens):
 def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny, monkeypatch, prefill_positions):
     monkeypatch.setattr(M, "PREFILL_POSITIONS", prefill_positions)
     model, tokenizer = tiny
-    prompts, pad = encode(tokenizer, QUESTIONS), tokenizer.pad_token_id
+    prompts, pad = encode(tokenizer, QUESTIONS + QUESTIONS[:2]), tokenizer.pad_token_id  # two prompts twice
     free_run = hf_greedy(model, prompts, pad, None, 24)
     eos = frequent_token(free_run)
     expected = hf_greedy(model, prompts, pad, eos, 24)
@@ -113,8 +113,9 @@ def test_sampling_follows_the_model_distribution(tiny):
 def test_sampled_logprobs_and_entropy_equal_a_scoring_pass(tiny):
     model, tokenizer = tiny
     torch.manual_seed(0)
+    prompts = [p for p in encode(tokenizer, QUESTIONS) for _ in range(2)]  # groups of two, as in GRPO
     prompt_ids, prompt_mask, ids, mask, stopped, logprobs, entropy = M.sample(
-        model, encode(tokenizer, QUESTIONS), 16, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7,
+        model, prompts, 16, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature=0.7,
         top_k=5)  # log-probs are of the tempered policy before top-k, as the update computes them
     rollout = M.Rollout(prompt_ids, prompt_mask, ids, mask, group_size=1)
     scored_logprobs, scored_entropy, _ = M.score(model, rollout, 0.7, micro_batch=2)
