@@ -368,7 +368,7 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
 # Log-probs of response tokens under a model
 
 
-LOGITS_PER_CHUNK = 2 ** 24  # LM-head logits that exist at a time: 64 MiB in fp32
+LOGITS_PER_CHUNK = 2 ** 25  # LM-head logits that exist at a time: 128 MiB in fp32
 
 
 def token_logprobs(hidden, head, tokens, temperature, with_entropy=False):
