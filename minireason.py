@@ -274,33 +274,37 @@ def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
     prompts. Rows are instead sorted by length and run in groups of about PREFILL_POSITIONS positions, each
     cut to its own longest prompt; their keys and values are then placed, right-aligned, into one cache.
     On 64 GSM8K prompts and SmolLM2 on 2 CPU cores this took prefill from 24 s to 14 s (smaller groups also
-    stay in the CPU's cache). Pad positions hold zeros, which the attention mask hides.
+    stay in the CPU's cache). Pad positions hold zeros, which the attention mask hides. Rows with the same
+    prompt (a group's samples) share one: each distinct prompt runs once and is copied into all its rows.
     """
     B, P = prompt_ids.shape
-    lengths = prompt_mask.sum(-1)
+    distinct_ids, distinct_mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
+    lengths = distinct_mask.sum(-1)
     groups, group = [], []
-    for row in lengths.argsort().tolist():  # shortest first, so a group's width is its last row's length
-        if group and (len(group) + 1) * int(lengths[row]) > PREFILL_POSITIONS:
+    for prompt in lengths.argsort().tolist():  # shortest first, so a group's width is its last prompt's length
+        if group and (len(group) + 1) * int(lengths[prompt]) > PREFILL_POSITIONS:
             groups.append(group)
             group = []
-        group.append(row)
+        group.append(prompt)
     groups.append(group)
     logits, layers = None, None
     for group in groups:
-        rows = torch.tensor(group, device=prompt_ids.device)
-        width = int(lengths[rows].max())
-        mask = prompt_mask[rows, P - width:]
+        prompts = torch.tensor(sorted(group), device=prompt_ids.device)
+        width = int(lengths[prompts].max())
+        mask = distinct_mask[prompts, P - width:]
         cache = transformers.DynamicCache(config=model.config)
-        out = model(input_ids=prompt_ids[rows, P - width:], attention_mask=mask, position_ids=position_ids(mask),
+        out = model(input_ids=distinct_ids[prompts, P - width:], attention_mask=mask, position_ids=position_ids(mask),
                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         if logits is None:
             logits = out.new_empty(B, out.size(-1))
             layers = [PreallocatedLayer(*(t.new_zeros(B, t.size(1), P + max_new_tokens, t.size(3))
                                           for t in (layer.keys, layer.values)), P) for layer in cache.layers]
-        logits[rows] = out
+        rows = torch.isin(row_prompt, prompts).nonzero().squeeze(-1)  # the batch rows holding these prompts
+        source = torch.searchsorted(prompts, row_prompt[rows])           # and which output each one takes
+        logits[rows] = out[source]
         for ours, layer in zip(layers, cache.layers):
-            ours.key_buffer[rows, :, P - width:P] = layer.keys
-            ours.value_buffer[rows, :, P - width:P] = layer.values
+            ours.key_buffer[rows, :, P - width:P] = layer.keys[source]
+            ours.value_buffer[rows, :, P - width:P] = layer.values[source]
     return logits, transformers.cache_utils.Cache(layers=layers)
 
 
@@ -316,18 +320,14 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     free with the logits the sampler has anyway; when the sampler is the policy itself they are the update's
     old log-probs, with no second forward pass.
 
-    Rows with the same prompt (a group's samples) share one prefill. A row that has produced EOS leaves the
-    batch and the KV cache, so finished rows cost nothing. Each row draws its tokens from its own
-    distribution, so removing rows changes which random numbers a row gets, not the distribution it samples
-    from.
+    A row that has produced EOS leaves the batch and the KV cache, so finished rows cost nothing. Each row
+    draws its tokens from its own distribution, so removing rows changes which random numbers a row gets,
+    not the distribution it samples from.
     """
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    distinct_ids, distinct_mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
-    logits, cache = prefill(model, distinct_ids, distinct_mask, max_new_tokens)
-    logits = logits[row_prompt]
-    cache.batch_select_indices(row_prompt)  # each row starts from a copy of its prompt's keys and values
+    logits, cache = prefill(model, prompt_ids, prompt_mask, max_new_tokens)
     B = len(prompts)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)

@@ -50,7 +50,7 @@ def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny, monk
 
 def test_prefill_in_length_groups_equals_one_forward_over_the_padded_batch(tiny, monkeypatch):
     model, tokenizer = tiny
-    ids, mask = M.left_pad(encode(tokenizer, QUESTIONS), tokenizer.pad_token_id)
+    ids, mask = M.left_pad(encode(tokenizer, QUESTIONS + QUESTIONS[1:3]), tokenizer.pad_token_id)  # two twice
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, position_ids=M.position_ids(mask), use_cache=True)
     monkeypatch.setattr(M, "PREFILL_POSITIONS", 30)  # groups of one or two rows, each cut to its own width
