@@ -404,9 +404,10 @@ def response_hidden(model, batch):
 
     A group's G rows share one prompt. Each distinct prompt runs through the model once; its keys and values
     are copied to its rows, and the responses run on top of them, so gradients from all G responses flow back
-    through the copies into the one prompt pass. With 4 samples of ~95-token GSM8K prompts and 128-token
-    responses that is a third fewer positions, and the update ran 21 % faster. HF's checkpointed layers drop
-    the KV cache, so with gradient checkpointing on, prompt and response run as one sequence per row instead.
+    through the copies into the one prompt pass. With 4 samples of a ~95-token GSM8K prompt and 128-token
+    responses that is a third fewer positions: forward and backward on SmolLM2 took 5.3 s instead of 6.7 s
+    on 2 CPU cores. HF's checkpointed layers drop the KV cache, so with gradient checkpointing on, prompt and
+    response run as one sequence per row instead.
     """
     P = batch.prompt_ids.size(1)
     attention_mask = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)
@@ -420,10 +421,11 @@ def response_hidden(model, batch):
                                      position_ids=position_ids(prompt_mask), past_key_values=cache,
                                      use_cache=True).last_hidden_state  # (U, P, H)
     cache.batch_select_indices(row_prompt)  # (U, ...) -> (B, ...): indexing, so gradients add up per prompt
-    response_hidden = model.base_model(input_ids=batch.response_ids, attention_mask=attention_mask,
-                                       position_ids=position_ids(attention_mask)[:, P:], past_key_values=cache,
-                                       use_cache=True).last_hidden_state  # (B, T, H)
-    return torch.cat([prompt_hidden[row_prompt, -1:], response_hidden[:, :-1]], dim=1)
+    hidden = model.base_model(input_ids=batch.response_ids, attention_mask=attention_mask,
+                              position_ids=position_ids(attention_mask)[:, P:], past_key_values=cache,
+                              use_cache=True).last_hidden_state  # (B, T, H)
+    # the hidden state at position j predicts token j + 1: the prompt's last one predicts the first response token
+    return torch.cat([prompt_hidden[row_prompt, -1:], hidden[:, :-1]], dim=1)
 
 
 def response_logprobs(model, batch, temperature, with_entropy=False):

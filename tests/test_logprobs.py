@@ -56,3 +56,4 @@ def test_rows_sharing_a_prompt_get_the_logprobs_and_gradients_of_one_sequence_pe
     assert rows_run == [(2, P), (6, response_ids.size(1))]  # two prompt rows for six responses
     assert torch.allclose(logprobs, expected, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gradients(logprobs), expected_gradients))
+    model.zero_grad(set_to_none=True)  # the model is shared with other tests
