@@ -30,7 +30,7 @@ def frequent_token(tokens):
     raise AssertionError("no token splits the rows")
 
 
-@pytest.mark.parametrize("prefill_positions", [2048, 1])  # all prompts in one prefill, or one row per prefill
+@pytest.mark.parametrize("prefill_positions", [2048, 1])  # all prompts in one prefill, or one prompt per prefill
 def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny, monkeypatch, prefill_positions):
     monkeypatch.setattr(M, "PREFILL_POSITIONS", prefill_positions)
     model, tokenizer = tiny

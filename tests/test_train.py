@@ -136,7 +136,7 @@ def test_old_logprobs_come_from_sampling_without_a_second_pass(run, monkeypatch)
     grpo = read_metrics(run("grpo-no-rescore", "--steps", "2", "--minibatches", "1", "--no-sft-baseline"))
     assert scoring_passes() == 0
     # ratios are 1 on the first optimizer step: nothing clipped, though the sampler's log-probs came from
-    # the KV-cache decode and the update's from one full forward
+    # the KV-cache decode and the update's from a prompt pass and a response pass
     assert all(m["train/clip_fraction"] == 0 for m in grpo if "train/reward" in m) and grpo[-1]["train/entropy"] > 0
     run("ppo-rescore", "--algo", "ppo", "--steps", "2", "--no-sft-baseline")
     assert scoring_passes() == 2  # PPO needs the value head's predictions before its update
