@@ -1,12 +1,16 @@
 """Log-probs through the LM head a chunk at a time: the same values and gradients as the full log-softmax."""
+import pytest
 import torch
 
 import minireason as M
 
 
-def test_chunked_logprobs_match_the_full_log_softmax(monkeypatch):
+@pytest.mark.parametrize("bias", [False, True])  # a biased head: the temperature divides the bias too
+def test_chunked_logprobs_match_the_full_log_softmax(monkeypatch, bias):
     torch.manual_seed(0)
-    head = torch.nn.Linear(16, 50, bias=False)
+    head = torch.nn.Linear(16, 50, bias=bias)
+    if bias:
+        torch.nn.init.normal_(head.bias, std=3.0)  # large enough that a wrong bias scaling shows
     hidden = torch.randn(37, 16, requires_grad=True)
     tokens = torch.randint(0, 50, (37,))
     weights = torch.randn(37)  # an arbitrary loss on the log-probs, so every gradient path is exercised
@@ -14,14 +18,16 @@ def test_chunked_logprobs_match_the_full_log_softmax(monkeypatch):
     logits = head(hidden) / 0.7
     full = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
     (full * weights).sum().backward()
-    expected = hidden.grad.clone(), head.weight.grad.clone()
-    hidden.grad, head.weight.grad = None, None
+    expected = [t.grad.clone() for t in (hidden, *head.parameters())]
+    hidden.grad = None
+    head.zero_grad(set_to_none=True)
 
     monkeypatch.setattr(M, "LOGITS_PER_CHUNK", 8 * 50)  # chunks of 8 rows: 5 chunks, the last one short
     logprobs, entropy = M.token_logprobs(hidden, head, tokens, 0.7, with_entropy=True)
     (logprobs * weights).sum().backward()
     assert torch.allclose(logprobs, full, atol=1e-6)
-    assert torch.allclose(hidden.grad, expected[0], atol=1e-6) and torch.allclose(head.weight.grad, expected[1], atol=1e-6)
+    for t, grad in zip((hidden, *head.parameters()), expected):
+        assert torch.allclose(t.grad, grad, atol=1e-6)
     p = torch.softmax(logits, -1)
     assert torch.allclose(entropy, -(p * p.log()).sum(-1), atol=1e-5)
 
