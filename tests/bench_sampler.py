@@ -7,7 +7,10 @@
 Sampling at temperature 1 with no top-k / top-p, both stopping at the model's EOS ids. Tokens/s counts the
 tokens each row generated up to and including its EOS (what a run trains on), over the wall time of the call.
 Before timing, greedy decoding of the first 8 prompts must give the same tokens from both. Peak memory is the
-rise of the process's resident set (VmHWM, reset before each call). The last line is a JSON object.
+rise of the process's resident set (VmHWM, reset before each call). The matmul-bound limit is measured here too:
+the tokens/s a batch of --rows would reach if every weight matmul of a decode step ran as fast as one
+(rows x hidden) @ (hidden x intermediate) product does on this machine and nothing else cost anything. The last
+line is a JSON object.
 """
 import argparse
 import json
@@ -41,6 +44,21 @@ def generated_tokens(tokens, stop):
         ends = [i for i, t in enumerate(row) if t in stop]
         total += ends[0] + 1 if ends else len(row)
     return total
+
+
+def matmul_bound(model, rows, dtype):
+    """(tokens/s, GFLOP/s): the decode speed limit set by the machine's matmul speed at this batch size.
+    A token costs 2 FLOPs per weight of every linear layer, the LM head included (0.27 GFLOP on SmolLM2)."""
+    hidden, inner = model.config.hidden_size, model.config.intermediate_size
+    x, w = torch.randn(rows, hidden, dtype=dtype), torch.randn(inner, hidden, dtype=dtype)
+    seconds = []
+    for _ in range(50):
+        start = time.perf_counter()
+        torch.nn.functional.linear(x, w)
+        seconds.append(time.perf_counter() - start)
+    flops_per_s = 2 * rows * hidden * inner / min(seconds[10:])  # the machine's best, after warming up
+    flops_per_token = 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return flops_per_s / flops_per_token, flops_per_s / 1e9
 
 
 def main():
@@ -80,18 +98,22 @@ def main():
         tokens, seconds, peak = peak_rise_mib(lambda: fn(prompts, args.new_tokens, True))
         n = generated_tokens(tokens, stop)
         results[name] = dict(tokens=n, seconds=seconds, tokens_per_s=n / seconds, peak_mib=peak)
+    limit, gflops = matmul_bound(model, args.rows, next(model.parameters()).dtype)
     print(f"{args.model} ({args.dtype}), {args.rows} prompts x up to {args.new_tokens} new tokens, sampling, "
           f"{torch.get_num_threads()} threads; greedy tokens identical: {same_greedy}")
     print(f"{'':<12} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'peak MiB':>9}")
     for name, r in results.items():
         print(f"{name:<12} {r['tokens']:7d} {r['seconds']:8.1f} {r['tokens_per_s']:9.1f} {r['peak_mib']:9.0f}")
     hf_r, our_r = results["hf generate"], results["minireason"]
+    print(f"matmul-bound limit at batch {args.rows}: {limit:.0f} tokens/s ({gflops:.0f} GFLOP/s); "
+          f"minireason reaches {our_r['tokens_per_s'] / limit:.0%} of it, hf generate {hf_r['tokens_per_s'] / limit:.0%}")
     print(json.dumps(dict(model=args.model, dtype=args.dtype, rows=args.rows, new_tokens=args.new_tokens,
                           same_greedy=same_greedy, hf_tokens_per_s=round(hf_r["tokens_per_s"], 1),
                           minireason_tokens_per_s=round(our_r["tokens_per_s"], 1),
                           hf_peak_mib=round(hf_r["peak_mib"]), minireason_peak_mib=round(our_r["peak_mib"]),
                           speedup=round(our_r["tokens_per_s"] / hf_r["tokens_per_s"], 3),
-                          memory_ratio=round(our_r["peak_mib"] / max(hf_r["peak_mib"], 1), 3))))
+                          memory_ratio=round(our_r["peak_mib"] / max(hf_r["peak_mib"], 1), 3),
+                          limit_tokens_per_s=round(limit), fraction_of_limit=round(our_r["tokens_per_s"] / limit, 3))))
 
 
 if __name__ == "__main__":
