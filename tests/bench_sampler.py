@@ -6,14 +6,17 @@
 
 Sampling at temperature 1 with no top-k / top-p, both stopping at the model's EOS ids. Tokens/s counts the
 tokens each row generated up to and including its EOS (what a run trains on), over the wall time of the call.
-Before timing, greedy decoding of the first 8 prompts must give the same tokens from both. Peak memory is the
-rise of the process's resident set (VmHWM, reset before each call). The matmul-bound limit is measured here too:
-the tokens/s a batch of --rows would reach if every weight matmul of a decode step ran as fast as one
-(rows x hidden) @ (hidden x intermediate) product does on this machine and nothing else cost anything. The last
-line is a JSON object.
+Before timing, greedy decoding of the first 8 prompts must give the same tokens from both. Each timed call runs
+in a fresh process of its own, one after the other, after a short warm-up call: peak memory is the rise of that
+process's resident set (VmHWM) during the call (in one shared process the second call would reuse the heap the
+first one freed, and its rise would read near zero). The matmul-bound limit is measured too: the tokens/s a
+batch of --rows would reach if every weight matmul of a decode step ran as fast as one (rows x hidden) @
+(hidden x intermediate) product does on this machine, and nothing else cost anything. The last line is a JSON
+object.
 """
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,14 +64,9 @@ def matmul_bound(model, rows, dtype):
     return flops_per_s / flops_per_token, flops_per_s / 1e9
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2")
-    p.add_argument("--rows", type=int, default=64)
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--cache-dir", default=str(Path("~/.cache/minireason").expanduser()))
-    args = p.parse_args()
+def setup(args):
+    """The model (in args.dtype), the chat prompts, and the two samplers: name -> fn(prompts, new_tokens, sample)
+    returning the generated ids (rows, new tokens)."""
     torch.manual_seed(0)
     model, tokenizer = M.load_model(args.model, Path(args.cache_dir), "cpu")
     if args.dtype == "bf16":
@@ -88,17 +86,36 @@ def main():
 
     def ours(rows, new_tokens, sample):
         return M.sample(model, rows, new_tokens, stop, pad, temperature=1.0 if sample else 0)[2]
+    return model, prompts, stop, {"hf generate": hf, "minireason": ours}
 
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--cache-dir", default=str(Path("~/.cache/minireason").expanduser()))
+    p.add_argument("--side", choices=("hf generate", "minireason"), help=argparse.SUPPRESS)  # a child's timed call
+    args = p.parse_args()
+    model, prompts, stop, samplers = setup(args)
+    if args.side:
+        samplers[args.side](prompts[:2], 4, True)  # warm up: first-call costs are not the sampler's speed
+        tokens, seconds, peak = peak_rise_mib(lambda: samplers[args.side](prompts, args.new_tokens, True))
+        print(json.dumps(dict(tokens=generated_tokens(tokens, stop), seconds=seconds, peak_mib=peak)))
+        return
     # same greedy tokens (ours pads after EOS; generate pads too): compare up to each row's length
-    a, b = hf(prompts[:8], 32, False), ours(prompts[:8], 32, False)
+    a, b = (samplers[name](prompts[:8], 32, False) for name in ("hf generate", "minireason"))
     same_greedy = all(a[i, :n].tolist() == b[i, :n].tolist() for i, n in
                       enumerate(min(generated_tokens(a[i:i + 1], stop), b.size(1)) for i in range(len(a))))
-    results = {}
-    for name, fn in (("hf generate", hf), ("minireason", ours)):
-        tokens, seconds, peak = peak_rise_mib(lambda: fn(prompts, args.new_tokens, True))
-        n = generated_tokens(tokens, stop)
-        results[name] = dict(tokens=n, seconds=seconds, tokens_per_s=n / seconds, peak_mib=peak)
     limit, gflops = matmul_bound(model, args.rows, next(model.parameters()).dtype)
+    results = {}
+    for name in samplers:
+        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", name], capture_output=True, text=True)
+        if child.returncode:
+            raise SystemExit(f"{name} failed:\n{child.stderr[-3000:]}")
+        results[name] = r = json.loads(child.stdout.strip().splitlines()[-1])
+        r["tokens_per_s"] = r["tokens"] / r["seconds"]
     print(f"{args.model} ({args.dtype}), {args.rows} prompts x up to {args.new_tokens} new tokens, sampling, "
           f"{torch.get_num_threads()} threads; greedy tokens identical: {same_greedy}")
     print(f"{'':<12} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'peak MiB':>9}")
