@@ -153,9 +153,12 @@ def findings(runs, eval_steps):
     if {"reinforce", "reinforce_rej", "grpo", "reinforce_rej-all-wrong", "grpo-no-std"} <= set(acc):
         gain, noise = difference(acc["grpo"], acc["reinforce"])
         explained, _ = difference(acc["reinforce_rej-all-wrong"], acc["reinforce"])
-        share = (f"GRPO − Reinforce = {gain:+.1f} points, within seed noise (±{noise:.1f}): here there is no gain to "
-                 f"explain; removing all-wrong groups alone gives {explained:+.1f}" if gain <= noise else
-                 f"removing all-wrong groups alone gives {explained:+.1f} of GRPO's {gain:+.1f} points over Reinforce")
+        if gain > noise:
+            share = f"removing all-wrong groups alone gives {explained:+.1f} of GRPO's {gain:+.1f} points over Reinforce"
+        else:
+            where = "within seed noise" if gain >= -noise else "beyond seed noise, GRPO behind"
+            share = (f"GRPO − Reinforce = {gain:+.1f} points, {where} (±{noise:.1f}): here there is no gain to "
+                     f"explain; removing all-wrong groups alone gives {explained:+.1f}")
         out.append("\n".join([
             "1. *Reinforce-Rej ≥ Reinforce; most of GRPO's gain over Reinforce comes from removing all-wrong groups, "
             "not from std normalisation* (2504.11343 §4)",

@@ -15,9 +15,9 @@ EARLY = {"raftpp": [0.50, 0.51, 0.52], "grpo": [0.45, 0.46, 0.44]}
 ENTROPY = {"raft": 0.02, "raftpp": 0.03, "grpo": 0.05}
 
 
-def fake_runs(root):
+def fake_runs(root, final=FINAL):
     """Run folders as minireason writes them: config.json and metrics.jsonl (eval at 0, 5, 10)."""
-    for arm, finals in FINAL.items():
+    for arm, finals in final.items():
         for seed, final in enumerate(finals):
             run_dir = root / f"{arm}-seed{seed}"
             run_dir.mkdir(parents=True)
@@ -57,6 +57,16 @@ def test_report_states_each_finding_with_its_numbers(tmp_path):
     assert "RAFT below GRPO: **supported** — grpo − raft = +0.030" in findings
     assert "PPO ≥ SFT at step 10: **contradicted** — ppo − sft = -15.0 points" in findings
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("grpo, share", [
+    ([0.41, 0.42, 0.40], "GRPO − Reinforce = +0.0 points, within seed noise (±1.6): here there is no gain to explain"),
+    ([0.30, 0.31, 0.32], "GRPO − Reinforce = -10.0 points, beyond seed noise, GRPO behind (±1.6): here there is no gain"),
+])
+def test_report_says_when_grpo_has_no_gain_over_reinforce_to_explain(tmp_path, grpo, share):
+    fake_runs(tmp_path, {**FINAL, "grpo": grpo})
+    text = compare.write_report(tmp_path, "python minireason.py --compare", wall_seconds=600, jobs=2).read_text()
+    assert share in text
 
 
 def test_compare_runs_every_arm_end_to_end(tmp_path, capsys):
