@@ -1,4 +1,5 @@
 """The hand-written sampler against HF's model.generate, its masks, and its sampling distribution."""
+import contextlib
 import copy
 
 import pytest
@@ -140,3 +141,25 @@ def test_top_p_keeps_the_smallest_set_covering_p():
     # 0.5 + 0.3 covers 0.75: only tokens 0 and 1 can be drawn, in proportion 5:3
     assert set(draws.flatten().tolist()) == {0, 1}
     assert (draws == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.04)
+
+
+@pytest.mark.parametrize("weights, autocast", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
+def test_prepacked_linears_compute_what_the_linears_do_and_are_undone_after(tiny, weights, autocast):
+    model = copy.deepcopy(tiny[0]).to(weights)
+    biased = torch.nn.Linear(128, 40).to(weights)  # the tiny model's layers have no bias; this one has
+    torch.nn.init.uniform_(biased.bias, 1, 2)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)] + [biased]
+    ids, x = torch.tensor([encode(tiny[1], QUESTIONS[:1])[0]] * 3), torch.randn(3, 5, 128, dtype=weights)
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    tolerance = dict(atol=1e-5, rtol=1e-5) if weights == torch.float32 and not autocast else dict(atol=0.05, rtol=0.05)
+    with torch.inference_mode(), precision:
+        expected = model(ids).logits, biased(x)
+        with M.prepacked_linears(model, rows=3), M.prepacked_linears(biased, rows=3):
+            assert all("forward" in vars(m) for m in linears)  # the packed matmul is what runs here
+            packed = model(ids).logits, biased(x)
+        assert not any("forward" in vars(m) for m in linears)
+        after = model(ids).logits, biased(x)
+    for ours, theirs, again in zip(packed, expected, after):
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs, **tolerance)
+        assert torch.equal(again, theirs)
