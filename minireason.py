@@ -41,6 +41,13 @@ from algorithms.common import group_outcomes, kl_estimate, masked_mean, entropy_
 from algorithms.grader import extract_answer, grade, grade_batch, has_answer, normalize_answer  # noqa: F401
 from algorithms.tasks import INSTRUCTION, Problem, load_task, make_arith_problems, read_problems  # noqa: F401
 
+# oneDNN, which runs bf16 matmuls and prepacked_linears on the CPU, keeps a compiled kernel for each matrix shape
+# it meets (~0.6 MB each, up to 1,024 per cache by default). The sampler's batch shrinks a row at a time, so a run
+# meets hundreds of shapes and kept them all: the default run's peak rose from 1.10 to 1.60 GiB. A step uses a
+# handful of shapes at a time, so a small cache loses nothing. Read at oneDNN's first use, so set here.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+os.environ.setdefault("LRU_CACHE_CAPACITY", "16")  # the same cache in ideep, PyTorch's layer over oneDNN
+
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
 
 # ----------------------------------------------------------------------------------------------------
