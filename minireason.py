@@ -328,8 +328,8 @@ def prepacked_linears(model, rows):
     are in the autocast dtype, as F.linear's operands would be."""
     parameter = next(model.parameters())
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else parameter.dtype
-    kernels = {torch.float32: True, torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported()}
-    if parameter.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not kernels.get(dtype, False):
+    has_kernel = dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if parameter.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not has_kernel:
         yield
         return
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
