@@ -1,6 +1,7 @@
 """The hand-written sampler against HF's model.generate, its masks, and its sampling distribution."""
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -129,18 +130,28 @@ def test_inverse_cdf_never_draws_a_token_of_probability_zero(monkeypatch):
     logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf")]])  # the last token is impossible
     # u at the very top of [0, 1): still inside the last token of nonzero probability, not past it
     monkeypatch.setattr(torch, "rand_like", lambda t: torch.full_like(t, 1 - 2 ** -24))
-    assert M.next_tokens(logits, 1.0, 0, 1.0).tolist() == [2]
+    assert M.next_tokens(logits, 1.0, 0, 1.0)[0].tolist() == [2]
     monkeypatch.setattr(torch, "rand_like", torch.zeros_like)  # u = 0: the first token of nonzero probability
-    assert M.next_tokens(logits[:, 1:], 1.0, 0, 1.0).tolist() == [1]
+    assert M.next_tokens(logits[:, 1:], 1.0, 0, 1.0)[0].tolist() == [1]
 
 
 def test_top_p_keeps_the_smallest_set_covering_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     torch.manual_seed(0)
-    draws = torch.stack([M.next_tokens(logits, 1.0, 0, 0.75) for _ in range(2000)])
+    draws = torch.stack([M.next_tokens(logits, 1.0, 0, 0.75)[0] for _ in range(2000)])
     # 0.5 + 0.3 covers 0.75: only tokens 0 and 1 can be drawn, in proportion 5:3
     assert set(draws.flatten().tolist()) == {0, 1}
     assert (draws == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.04)
+
+
+def test_top_p_counts_the_mass_top_k_left_and_logprobs_are_before_both():
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]])).expand(500, 4)
+    tokens, logprobs, entropy = M.next_tokens(logits, 1.0, 2, 0.5)
+    # top-k 2 leaves 0.4 and 0.3, renormalized 4/7 and 3/7: token 0 alone covers half of that
+    # (of the full distribution it would cover 0.4 < 0.5, and token 1 would stay)
+    assert tokens.eq(0).all()
+    torch.testing.assert_close(logprobs, torch.full((500,), math.log(0.4)))
+    torch.testing.assert_close(entropy, torch.full((500,), -sum(p * math.log(p) for p in (0.4, 0.3, 0.2, 0.1))))
 
 
 @pytest.mark.parametrize("weights, autocast", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
