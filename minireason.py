@@ -278,23 +278,41 @@ def distinct_prompts(prompt_ids, prompt_mask):
     return prompts[:, :P], prompts[:, P:], row_prompt
 
 
+def shared_prefix_length(ids, lengths):
+    """How many tokens all U left-padded prompts (U, P) begin with (lengths (U,): their real tokens), leaving
+    each prompt at least one token after them."""
+    starts = ids.size(1) - lengths
+    heads = ids.gather(1, starts[:, None] + torch.arange(int(lengths.min()) - 1, device=ids.device))  # (U, shortest - 1)
+    return int((heads == heads[:1]).all(0).cumprod(0).sum())
+
+
 PREFILL_POSITIONS = 2048  # prompt positions per prefill forward (rows x their longest prompt)
 
 
 def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
-    """Run left-padded prompts (B, P) through the model. Returns the last position's logits (B, V) and a KV
-    cache of PreallocatedLayers holding every row's prompt, left-padded to P, with room for max_new_tokens.
+    """Run left-padded prompts (B, P) through the model. Returns the last position's logits (B, V), a KV cache of
+    PreallocatedLayers with P prompt positions and room for max_new_tokens, and cache_mask (B, P): 1 where a
+    cache position holds one of the row's prompt tokens, in order.
 
-    One forward over the whole batch computes every pad position: 42% of the positions for 64 GSM8K chat
-    prompts. Rows are instead sorted by length and run in groups of about PREFILL_POSITIONS positions, each
-    cut to its own longest prompt; their keys and values are then placed, right-aligned, into one cache.
-    On 64 GSM8K prompts and SmolLM2 on 2 CPU cores this took prefill from 24 s to 14 s (smaller groups also
-    stay in the CPU's cache). Pad positions hold zeros, which the attention mask hides. Rows with the same
-    prompt (a group's samples) share one: each distinct prompt runs once and is copied into all its rows.
+    Three things are computed once instead of once per row. Rows with the same prompt (a group's samples) share
+    it. The beginning all prompts share (a chat template's system turn with the instruction: 25 of the 92
+    tokens of an average GSM8K chat prompt for SmolLM2) runs once, and every prompt continues from its keys and
+    values; it fills the first cache positions, and each row's remaining tokens the last ones (64 GSM8K chat
+    prompts on SmolLM2, 2 CPU cores: prefill 8.5 -> 7.2 s in fp32, 5.3 -> 4.3 s in bf16). And pad
+    positions: one forward over the whole batch would compute them all, 42% of the positions for 64 GSM8K chat
+    prompts, so rows are sorted by length and run in groups of about PREFILL_POSITIONS positions, each cut to
+    its own longest prompt (on 64 GSM8K prompts and SmolLM2 on 2 CPU cores, prefill 24 s -> 14 s).
     """
     B, P = prompt_ids.shape
     distinct_ids, distinct_mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
     lengths = distinct_mask.sum(-1)
+    shared = shared_prefix_length(distinct_ids, lengths)
+    prefix = transformers.DynamicCache(config=model.config)
+    if shared:
+        start = P - int(lengths[0])
+        model(input_ids=distinct_ids[:1, start:start + shared], past_key_values=prefix, use_cache=True, logits_to_keep=1)
+    prefix_kv = [(layer.keys, layer.values) for layer in prefix.layers] if shared else []
+    lengths = lengths - shared  # from here on, the tokens after the shared beginning
     groups, group = [], []
     for prompt in lengths.argsort().tolist():  # shortest first, so a group's width is its last prompt's length
         if group and (len(group) + 1) * int(lengths[prompt]) > PREFILL_POSITIONS:
@@ -306,9 +324,12 @@ def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
     for group in groups:
         prompts = torch.tensor(sorted(group), device=prompt_ids.device)
         width = int(lengths[prompts].max())
-        mask = distinct_mask[prompts, P - width:]
+        mask = (torch.arange(width, device=prompt_ids.device) >= width - lengths[prompts, None]).to(prompt_mask.dtype)
         cache = transformers.DynamicCache(config=model.config)
-        out = model(input_ids=distinct_ids[prompts, P - width:], attention_mask=mask, position_ids=position_ids(mask),
+        for i, (keys, values) in enumerate(prefix_kv):  # each prompt continues from the shared beginning
+            cache.update(keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1), i)
+        out = model(input_ids=distinct_ids[prompts, P - width:], position_ids=shared + position_ids(mask),
+                    attention_mask=torch.cat([mask.new_ones(len(prompts), shared), mask], 1),
                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         if logits is None:
             logits = out.new_empty(B, out.size(-1))
@@ -318,9 +339,13 @@ def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
         source = torch.searchsorted(prompts, row_prompt[rows])           # and which output each one takes
         logits[rows] = out[source]
         for ours, layer in zip(layers, cache.layers):
-            ours.key_buffer[rows, :, P - width:P] = layer.keys[source]
-            ours.value_buffer[rows, :, P - width:P] = layer.values[source]
-    return logits, transformers.cache_utils.Cache(layers=layers)
+            ours.key_buffer[rows, :, P - width:P] = layer.keys[source, :, shared:]
+            ours.value_buffer[rows, :, P - width:P] = layer.values[source, :, shared:]
+    for ours, (keys, values) in zip(layers, prefix_kv):
+        ours.key_buffer[:, :, :shared], ours.value_buffer[:, :, :shared] = keys, values
+    cache_mask = torch.arange(P, device=prompt_ids.device) >= P - lengths[row_prompt, None]
+    cache_mask[:, :shared] = True
+    return logits, transformers.cache_utils.Cache(layers=layers), cache_mask.to(prompt_mask.dtype)
 
 
 @contextlib.contextmanager
@@ -378,10 +403,9 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     logprobs, entropy = (torch.zeros(B, max_new_tokens, device=device) for _ in range(2))
     eos_ids = torch.tensor(eos_id, device=device).flatten()
     rows = torch.arange(B, device=device)        # which original rows are still generating
-    attention_mask = prompt_mask                 # (A, P + t) for those rows
     next_position = prompt_mask.sum(-1)          # (A,)
     with prepacked_linears(model, B):
-        logits, cache = prefill(model, prompt_ids, prompt_mask, max_new_tokens)
+        logits, cache, attention_mask = prefill(model, prompt_ids, prompt_mask, max_new_tokens)  # (A, P + t) mask
         for t in range(max_new_tokens):
             token, token_logprob, token_entropy = next_tokens(logits, temperature, top_k, top_p)
             tokens[rows, t] = token

@@ -50,20 +50,37 @@ def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny, monk
     assert stopped.any() and not stopped.all()
 
 
-def test_prefill_in_length_groups_equals_one_forward_over_the_padded_batch(tiny, monkeypatch):
+@pytest.mark.parametrize("drop, shared", [(0, 3), (3, 0)])  # prompts all beginning "Q: ", or with that cut off
+def test_prefill_equals_one_forward_over_the_padded_batch(tiny, monkeypatch, drop, shared):
     model, tokenizer = tiny
-    ids, mask = M.left_pad(encode(tokenizer, QUESTIONS + QUESTIONS[1:3]), tokenizer.pad_token_id)  # two twice
+    prompts = [p[drop:] for p in encode(tokenizer, QUESTIONS + QUESTIONS[1:3])]  # two prompts twice
+    ids, mask = M.left_pad(prompts, tokenizer.pad_token_id)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, position_ids=M.position_ids(mask), use_cache=True)
     monkeypatch.setattr(M, "PREFILL_POSITIONS", 30)  # groups of one or two rows, each cut to its own width
-    logits, cache = M.prefill(model, ids, mask, max_new_tokens=5)
+    forward, inputs = model.forward, []
+    monkeypatch.setattr(model, "forward", lambda **kw: inputs.append(kw["input_ids"]) or forward(**kw))
+    logits, cache, cache_mask = M.prefill(model, ids, mask, max_new_tokens=5)
     torch.testing.assert_close(logits, full.logits[:, -1], atol=1e-5, rtol=1e-5)
-    real = mask.bool()
+    # the shared beginning runs once, alone, and the prompts' forwards start after it
+    groups = inputs[1:] if shared else inputs
+    assert not shared or inputs[0].tolist() == [prompts[0][:shared]]
+    assert sum(len(g) for g in groups) == 5 and max(g.size(1) for g in groups) == max(map(len, prompts)) - shared
+    real, cached = mask.bool(), cache_mask.bool()
+    assert torch.equal(cached.sum(-1), real.sum(-1)) and cached[:, :shared].all()
     for ours, theirs in zip(cache.layers, full.past_key_values.layers):
         assert ours.key_buffer.shape[2] == ids.size(1) + 5 and ours.get_seq_length() == ids.size(1)
         keys, expected = ours.keys.transpose(1, 2), theirs.keys.transpose(1, 2)  # (B, P, heads, head_dim)
-        torch.testing.assert_close(keys[real], expected[real], atol=1e-5, rtol=1e-5)
-        assert keys[~real].eq(0).all()  # pad positions hold zeros, hidden by the mask
+        torch.testing.assert_close(keys[cached], expected[real], atol=1e-5, rtol=1e-5)  # each row's tokens in order
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token():
+    ids, mask = M.left_pad([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7, 1]], 0)
+    assert M.shared_prefix_length(ids, mask.sum(-1)) == 2
+    ids, mask = M.left_pad([[5, 6, 7], [5, 6, 7]], 0)
+    assert M.shared_prefix_length(ids, mask.sum(-1)) == 2
+    ids, mask = M.left_pad([[5, 6], [4, 6, 7]], 0)
+    assert M.shared_prefix_length(ids, mask.sum(-1)) == 0
 
 
 def test_response_mask_covers_eos_even_when_pad_is_eos(tiny):
