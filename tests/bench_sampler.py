@@ -6,7 +6,9 @@
 
 Sampling at temperature 1 with no top-k / top-p, both stopping at the model's EOS ids. Tokens/s counts the
 tokens each row generated up to and including its EOS (what a run trains on), over the wall time of the call.
-Before timing, greedy decoding of the first 8 prompts must give the same tokens from both. Each timed call runs
+Before timing, greedy decoding of the first 8 prompts is compared: the same tokens from both, or, for a row that
+differs, how far apart generate's own two best logits were where it did (bf16 rounds logits of 16-32 to steps of
+0.125, so a gap of 0 or one step is a tie either side may break by its order of summation). Each timed call runs
 in a fresh process of its own, one after the other, after a short warm-up call: peak memory is the rise of that
 process's resident set (VmHWM) during the call (in one shared process the second call would reuse the heap the
 first one freed, and its rise would read near zero). The matmul-bound limit is measured too: the tokens/s a
@@ -77,12 +79,13 @@ def setup(args):
     stop, pad = M.stop_ids(model, tokenizer), tokenizer.pad_token_id
 
     @torch.inference_mode()
-    def hf(rows, new_tokens, sample):
+    def hf(rows, new_tokens, sample, scores=False):
         ids, mask = M.left_pad(rows, pad)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=sample,
                              temperature=1.0 if sample else None, top_k=0 if sample else None,
-                             top_p=1.0 if sample else None, eos_token_id=stop, pad_token_id=pad)
-        return out[:, ids.size(1):]
+                             top_p=1.0 if sample else None, eos_token_id=stop, pad_token_id=pad,
+                             output_scores=scores, return_dict_in_generate=True)
+        return (out.sequences[:, ids.size(1):], out.scores) if scores else out.sequences[:, ids.size(1):]
 
     def ours(rows, new_tokens, sample):
         return M.sample(model, rows, new_tokens, stop, pad, temperature=1.0 if sample else 0)[2]
@@ -104,10 +107,19 @@ def main():
         tokens, seconds, peak = peak_rise_mib(lambda: samplers[args.side](prompts, args.new_tokens, True))
         print(json.dumps(dict(tokens=generated_tokens(tokens, stop), seconds=seconds, peak_mib=peak)))
         return
-    # same greedy tokens (ours pads after EOS; generate pads too): compare up to each row's length
-    a, b = (samplers[name](prompts[:8], 32, False) for name in ("hf generate", "minireason"))
-    same_greedy = all(a[i, :n].tolist() == b[i, :n].tolist() for i, n in
-                      enumerate(min(generated_tokens(a[i:i + 1], stop), b.size(1)) for i in range(len(a))))
+    # Same greedy tokens (ours pads after EOS; generate pads too): compare up to each row's length. Where a row
+    # differs, the gap between generate's own two best logits at that step: in bf16, logits one rounding step
+    # apart (0.125 at 16-32) are a tie that any other order of summation can break.
+    (a, scores), b = samplers["hf generate"](prompts[:8], 32, False, scores=True), samplers["minireason"](prompts[:8], 32, False)
+    divergences = []
+    for i in range(len(a)):
+        n = min(generated_tokens(a[i:i + 1], stop), b.size(1))
+        differ = (a[i, :n] != b[i, :n]).nonzero()
+        if len(differ):
+            step = int(differ[0])
+            best_two = scores[step][i].float().topk(2).values
+            divergences.append(dict(row=i, step=step, logit_gap=round(float(best_two[0] - best_two[1]), 4)))
+    same_greedy = not divergences
     limit, gflops = matmul_bound(model, args.rows, next(model.parameters()).dtype)
     results = {}
     for name in samplers:
@@ -117,7 +129,9 @@ def main():
         results[name] = r = json.loads(child.stdout.strip().splitlines()[-1])
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
     print(f"{args.model} ({args.dtype}), {args.rows} prompts x up to {args.new_tokens} new tokens, sampling, "
-          f"{torch.get_num_threads()} threads; greedy tokens identical: {same_greedy}")
+          f"{torch.get_num_threads()} threads; greedy tokens identical: {same_greedy}"
+          + "".join(f"\n  row {d['row']} differs from token {d['step']} on, where generate's two best logits are "
+                    f"{d['logit_gap']} apart" for d in divergences))
     print(f"{'':<12} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'peak MiB':>9}")
     for name, r in results.items():
         print(f"{name:<12} {r['tokens']:7d} {r['seconds']:8.1f} {r['tokens_per_s']:9.1f} {r['peak_mib']:9.0f}")
@@ -125,7 +139,7 @@ def main():
     print(f"matmul-bound limit at batch {args.rows}: {limit:.0f} tokens/s ({gflops:.0f} GFLOP/s); "
           f"minireason reaches {our_r['tokens_per_s'] / limit:.0%} of it, hf generate {hf_r['tokens_per_s'] / limit:.0%}")
     print(json.dumps(dict(model=args.model, dtype=args.dtype, rows=args.rows, new_tokens=args.new_tokens,
-                          same_greedy=same_greedy, hf_tokens_per_s=round(hf_r["tokens_per_s"], 1),
+                          same_greedy=same_greedy, greedy_divergences=divergences, hf_tokens_per_s=round(hf_r["tokens_per_s"], 1),
                           minireason_tokens_per_s=round(our_r["tokens_per_s"], 1),
                           hf_peak_mib=round(hf_r["peak_mib"]), minireason_peak_mib=round(our_r["peak_mib"]),
                           speedup=round(our_r["tokens_per_s"] / hf_r["tokens_per_s"], 3),

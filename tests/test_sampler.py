@@ -2,9 +2,11 @@
 import contextlib
 import copy
 import math
+import types
 
 import pytest
 import torch
+import transformers
 
 import minireason as M
 
@@ -169,6 +171,21 @@ def test_top_p_counts_the_mass_top_k_left_and_logprobs_are_before_both():
     assert tokens.eq(0).all()
     torch.testing.assert_close(logprobs, torch.full((500,), math.log(0.4)))
     torch.testing.assert_close(entropy, torch.full((500,), -sum(p * math.log(p) for p in (0.4, 0.3, 0.2, 0.1))))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decode_attention_equals_sdpa_and_ignores_masked_positions(dtype):
+    sdpa = transformers.integrations.sdpa_attention.sdpa_attention_forward
+    layer = types.SimpleNamespace(num_key_value_groups=3, is_causal=True)  # 6 query heads share 2 KV heads
+    torch.manual_seed(0)
+    query, key, value = torch.randn(5, 6, 1, 16), torch.randn(5, 2, 9, 16), torch.randn(5, 2, 9, 16)
+    mask = torch.arange(9) >= torch.tensor([0, 2, 4, 6, 8])[:, None]  # rows left-padded by 0 to 8 positions
+    key[~mask[:, None].expand_as(key[..., 0])] = 1e4  # garbage where the mask says pad
+    args = [t.to(dtype) for t in (query, key, value)] + [mask[:, None, None]]
+    ours, theirs = M.decode_attention(layer, *args, scaling=0.25)[0], sdpa(layer, *args, scaling=0.25)[0]
+    assert ours.shape == theirs.shape == (5, 1, 6, 16) and ours.dtype == dtype
+    tolerance = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=0, rtol=0)  # fp32 is SDPA
+    torch.testing.assert_close(ours, theirs, **tolerance)
 
 
 @pytest.mark.parametrize("weights, autocast", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
