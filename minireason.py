@@ -282,7 +282,7 @@ def shared_prefix_length(ids, lengths):
     """How many tokens all U left-padded prompts (U, P) begin with (lengths (U,): their real tokens), leaving
     each prompt at least one token after them."""
     starts = ids.size(1) - lengths
-    heads = ids.gather(1, starts[:, None] + torch.arange(int(lengths.min()) - 1, device=ids.device))  # (U, shortest - 1)
+    heads = ids.gather(1, starts[:, None] + torch.arange(int(lengths.min()) - 1, device=ids.device))  # (U, min - 1)
     return int((heads == heads[:1]).all(0).cumprod(0).sum())
 
 
@@ -307,11 +307,11 @@ def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
     distinct_ids, distinct_mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
     lengths = distinct_mask.sum(-1)
     shared = shared_prefix_length(distinct_ids, lengths)
-    prefix = transformers.DynamicCache(config=model.config)
+    prefix_kv = []  # the shared beginning's (keys, values) per layer
     if shared:
-        start = P - int(lengths[0])
+        prefix, start = transformers.DynamicCache(config=model.config), P - int(lengths[0])
         model(input_ids=distinct_ids[:1, start:start + shared], past_key_values=prefix, use_cache=True, logits_to_keep=1)
-    prefix_kv = [(layer.keys, layer.values) for layer in prefix.layers] if shared else []
+        prefix_kv = [(layer.keys, layer.values) for layer in prefix.layers]
     lengths = lengths - shared  # from here on, the tokens after the shared beginning
     groups, group = [], []
     for prompt in lengths.argsort().tolist():  # shortest first, so a group's width is its last prompt's length
