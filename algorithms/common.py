@@ -1,13 +1,16 @@
 """What every algorithm shares: masked means, loss aggregation, the clipped surrogate, KL estimators,
 entropy and group statistics. Each is one small function; the algorithm files only call them.
 
-Notation (as in ../shared/docs/algorithms.md):
+Notation:
     logp          log-prob of a sampled token under the policy being trained        (B, T)
     old_logp      the same under the policy that sampled it (fixed for a rollout)  (B, T)
     ref_logp      the same under the frozen reference model (the warm-up)          (B, T)
     mask          1.0 on response tokens (EOS included), 0.0 on padding             (B, T)
 B rows = prompts x samples per prompt; one prompt's samples form a *group* of G consecutive rows.
 """
+import argparse
+import math
+
 import torch
 
 
@@ -38,17 +41,20 @@ def aggregate_loss(token_loss, mask, mode, n_tokens, n_rows):
     raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
+MAX_LOG_RATIO = 20.0  # verl and OpenRLHF clamp log-ratios to ±20: exp(100) would be inf, and inf * 0 NaN
+
+
 def clipped_surrogate(logp, old_logp, advantages, eps_low=0.2, eps_high=0.2, dual_clip=None):
     """PPO's clipped surrogate, per token (to be minimised).
 
-        ratio = exp(logp - old_logp)
+        ratio = exp(clamp(logp - old_logp, ±MAX_LOG_RATIO))
         L     = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)
         dual clip (A < 0 only):  L = min(L, -c * A)     (bounds the loss of a very unlikely bad token)
 
     With old_logp == logp (first update on a fresh rollout) the ratio is 1 and the gradient is -A * grad logp.
     Returns (loss (B, T), clipped (B, T) bool: where the clip, not the ratio, set the value).
     """
-    ratio = torch.exp(logp - old_logp)
+    ratio = torch.exp(torch.clamp(logp - old_logp, -MAX_LOG_RATIO, MAX_LOG_RATIO))
     unclipped = -ratio * advantages
     clipped = -torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages
     loss = torch.maximum(unclipped, clipped)
@@ -103,11 +109,27 @@ def clipped_policy_loss(logp, batch, cfg):
         L = agg_{i,t} [ clipped_surrogate(ρ_it, A_it) + β · k3(π_θ || π_ref)_it ]
 
     logp (B, T) under the current policy; batch carries old_logprobs, ref_logprobs (when β > 0),
-    advantages and response_mask (B, T), and the mini-batch normalisers. Returns (loss, stats).
+    advantages and response_mask (B, T), and the mini-batch normalisers. Returns (loss, stats); like the loss,
+    the stats are normalised by the whole mini-batch, so a mini-batch's micro-batches add up to its value.
     """
-    token_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high)
+    token_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high,
+                                            cfg.dual_clip)
     if cfg.kl_coef:
         token_loss = token_loss + cfg.kl_coef * kl_estimate(logp, batch.ref_logprobs, "k3")
     mask = batch.response_mask
     return aggregate_loss(token_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows), {
-        "clip_fraction": masked_mean(clipped.float(), mask).item()}
+        "clip_fraction": (masked_sum(clipped.float(), mask) / batch.n_tokens).item()}
+
+
+def at_least(minimum, kind=int, maximum=None):
+    """A command-line type: a finite number >= minimum (and <= maximum); argparse names the flag in the error."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
+        return value
+    return parse

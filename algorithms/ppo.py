@@ -21,10 +21,18 @@ with --partial-reward its reward R = 1 (correct) / 0.1 (an answer, but wrong) / 
 """
 import torch
 
-from algorithms.common import aggregate_loss, clipped_surrogate, kl_estimate, masked_mean
+from algorithms.common import aggregate_loss, at_least, clipped_surrogate, kl_estimate, masked_mean, masked_sum
 
 VALUE_HEAD = True                        # the loop adds a value head and passes its predictions to loss()
 DEFAULTS = dict(kl_coef=0.05, epochs=2)  # ReFT's β (in the reward, not the loss) and PPO epochs
+
+
+def add_flags(flags):
+    flags.add_argument("--gamma", type=at_least(0.0, float, maximum=1.0), default=1.0, help="discount γ of GAE")
+    flags.add_argument("--lam", type=at_least(0.0, float, maximum=1.0), default=0.95, help="λ of GAE")
+    flags.add_argument("--value-clip", type=at_least(0.0, float), default=0.2,
+                       help="how far a value may move from its old one")
+    flags.add_argument("--value-coef", type=at_least(0.0, float), default=5.0, help="weight of the value loss")
 
 
 def token_rewards(rollout, cfg):
@@ -57,10 +65,22 @@ def whiten(x, mask, eps=1e-8):
 
 
 def advantages(rollout, cfg):
-    """Whitened GAE advantages (B, T); also stores the value targets in rollout.returns."""
-    adv, rollout.returns = gae(token_rewards(rollout, cfg), rollout.old_values, rollout.response_mask,
-                               cfg.gamma, cfg.lam)
+    """Whitened GAE advantages (B, T)."""
+    adv, _ = gae(token_rewards(rollout, cfg), rollout.old_values, rollout.response_mask, cfg.gamma, cfg.lam)
     return whiten(adv, rollout.response_mask)
+
+
+def value_targets(rollout, cfg):
+    """The returns R_t = A_t + V_t (GAE's, before whitening) that the value head learns to predict. (B, T)"""
+    return gae(token_rewards(rollout, cfg), rollout.old_values, rollout.response_mask, cfg.gamma, cfg.lam)[1]
+
+
+def explained_variance(values, returns, mask):
+    """1 - Var(R - V) / Var(R) over the response tokens: 1 for a perfect value head, 0 for one that predicts the
+    mean, negative for worse. Logged for the rollout's values at sampling time."""
+    residual_var = masked_mean((returns - values) ** 2, mask) - masked_mean(returns - values, mask) ** 2
+    returns_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    return (1 - residual_var / returns_var.clamp(min=1e-8)).item()
 
 
 def clipped_value_loss(values, old_values, returns, clip):
@@ -70,13 +90,12 @@ def clipped_value_loss(values, old_values, returns, clip):
 
 
 def loss(logp, batch, cfg, values):
-    """logp, values (B, T) under the current policy and value head -> (scalar loss, stats)."""
+    """logp, values (B, T) under the current policy and value head -> (scalar loss, stats normalised by the
+    mini-batch's tokens, so micro-batches add up)."""
     mask = batch.response_mask
-    policy_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high)
+    policy_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high,
+                                             cfg.dual_clip)
     value_loss = clipped_value_loss(values, batch.old_values, batch.returns, cfg.value_clip)
     total = aggregate_loss(policy_loss + cfg.value_coef * value_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows)
-    residual_var = masked_mean((batch.returns - values) ** 2, mask) - masked_mean(batch.returns - values, mask) ** 2
-    returns_var = masked_mean((batch.returns - masked_mean(batch.returns, mask)) ** 2, mask)
-    return total, {"clip_fraction": masked_mean(clipped.float(), mask).item(),
-                   "value_loss": masked_mean(value_loss, mask).item(),
-                   "explained_variance": (1 - residual_var / returns_var.clamp(min=1e-8)).item()}
+    return total, {"clip_fraction": (masked_sum(clipped.float(), mask) / batch.n_tokens).item(),
+                   "value_loss": (masked_sum(value_loss.detach(), mask) / batch.n_tokens).item()}

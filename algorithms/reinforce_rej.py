@@ -1,10 +1,11 @@
 """Reinforce-Rej — Reinforce that rejects the prompts whose samples are all right or all wrong, from
 arXiv 2504.11343 ("A Minimalist Approach to LLM Reasoning", §3).
 
-    A_it = r_i (±1)   if the group of prompt q has both right and wrong samples,
-    rejected          otherwise,
+    A_it = r_i (±1, r = 2 · reward - 1)   if the group of prompt q has both right and wrong samples,
+    rejected                              otherwise,
     L(θ) = agg_{i,t} [ -min(ρ_it A_it, clip(ρ_it, 1 - ε_low, 1 + ε_high) A_it) + β · k3(π_θ || π_ref)_it ]
 
+A sample is right when it earns the full reward 1 (a partial reward is a wrong answer, with its own r_i).
 Two readings of "reject" (`--reject-by`):
   zero  the rejected groups' advantages are set to 0 but their tokens stay in the batch, so they still count
         in a token-mean's denominator (and in the KL term). This is what the authors' released code does,
@@ -20,25 +21,31 @@ The third ablation, GRPO without std normalisation, is `--algo grpo --no-std-nor
 import torch
 
 from algorithms.common import clipped_policy_loss, group_outcomes, per_row
-from algorithms.reinforce import signed_rewards
+
+
+def add_flags(flags):
+    flags.add_argument("--reject-groups", default="all-same", choices=("all-same", "all-wrong", "all-correct"),
+                       help="which groups to reject (all-same is Reinforce-Rej; the others are its ablations)")
+    flags.add_argument("--reject-by", default="zero", choices=("zero", "drop"),
+                       help="zero the rejected groups' advantages (the authors' code) or drop them from the batch")
 
 
 def rejected(rollout, cfg):
     """(B,) bool: rows whose group is rejected under cfg.reject_groups."""
-    all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
+    all_correct, all_wrong = group_outcomes(rollout.rewards == 1, rollout.group_size)
     groups = {"all-same": all_correct | all_wrong, "all-wrong": all_wrong, "all-correct": all_correct}
     return per_row(groups[cfg.reject_groups], rollout.group_size)
 
 
 def keep_rows(rollout, cfg):
     """All rows (reject by zeroing), or those of the groups that are not rejected (reject by dropping)."""
-    keep = ~rejected(rollout, cfg) if cfg.reject_by == "drop" else torch.ones_like(rollout.correct)
+    keep = ~rejected(rollout, cfg) if cfg.reject_by == "drop" else torch.ones_like(rollout.rewards, dtype=torch.bool)
     return keep.nonzero().squeeze(-1), rollout.group_size
 
 
 def advantages(rollout, cfg):
-    """A_it = r_i, or 0 where the group is rejected. (B, T)"""
-    adv = torch.where(rejected(rollout, cfg), 0.0, signed_rewards(rollout))
+    """A_it = r_i = 2 · reward_i - 1, or 0 where the group is rejected. (B, T)"""
+    adv = torch.where(rejected(rollout, cfg), 0.0, 2 * rollout.rewards - 1)
     return adv[:, None] * rollout.response_mask
 
 

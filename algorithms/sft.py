@@ -17,6 +17,7 @@ and samples nothing.
 from algorithms.common import aggregate_loss
 
 REFERENCE_RESPONSES = True  # the loop hands it reference chains instead of samples
+NO_PARTIAL_REWARD = "continued SFT trains on reference chains and is never graded"
 
 
 def advantages(rollout, cfg):

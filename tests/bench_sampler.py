@@ -1,6 +1,6 @@
 """minireason's sampler vs Hugging Face `model.generate`, same model, prompts and settings, in one process:
 
-    python tests/bench_sampler.py                        # SmolLM2-135M-Instruct, 64 GSM8K chat prompts x 128 tokens, fp32
+    python tests/bench_sampler.py --data gsm8k/test.jsonl   # SmolLM2-135M-Instruct, 64 GSM8K chat prompts x 128 tokens
     python tests/bench_sampler.py --dtype bf16           # both in bf16 weights
     python tests/bench_sampler.py --model tiny --rows 256 --new-tokens 64
 
@@ -29,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minireason as M  # noqa: E402
-
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+from algorithms import tasks  # noqa: E402
 
 
 def peak_rise_mib(fn):
@@ -75,8 +74,8 @@ def setup(args):
     model, tokenizer = M.load_model(args.model, Path(args.cache_dir), "cpu")
     if args.dtype == "bf16":
         model.to(torch.bfloat16)
-    questions = ([json.loads(line)["question"] for line in GSM8K.read_text().splitlines()] if GSM8K.exists()
-                 else [p.question for p in M.make_arith_problems(args.rows, seed=0)])[:args.rows]
+    questions = [p.question for p in (tasks.read_problems(args.data) if args.data
+                                      else tasks.make_arith_problems(args.rows, seed=0))][:args.rows]
     prompts = [M.encode_prompt(tokenizer, q, M.INSTRUCTION) for q in questions]
     stop, pad = M.stop_ids(model, tokenizer), tokenizer.pad_token_id
 
@@ -101,6 +100,7 @@ def main():
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per sampler; the fastest counts")
+    p.add_argument("--data", help="a GSM8K JSONL file (default: the built-in arithmetic questions)")
     p.add_argument("--cache-dir", default=str(Path("~/.cache/minireason").expanduser()))
     p.add_argument("--side", choices=("hf generate", "minireason"), help=argparse.SUPPRESS)  # a child's timed call
     args = p.parse_args()

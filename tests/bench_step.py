@@ -1,7 +1,7 @@
 """One GRPO iteration, minireason vs TRL's GRPOTrainer: same model, questions, reward and settings.
 
     pip install trl==1.16.0                 # for this comparison only; never a dependency of minireason
-    python tests/bench_step.py              # SmolLM2-135M-Instruct, fp32 on both sides
+    python tests/bench_step.py --data gsm8k/test.jsonl   # SmolLM2-135M-Instruct, fp32 on both sides
     python tests/bench_step.py --trl-defaults   # TRL as it comes: bf16 autocast and gradient checkpointing
     python tests/bench_step.py --trl-defaults --dtype bf16   # ... against minireason --dtype bf16
 
@@ -26,13 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minireason as M  # noqa: E402
+from algorithms import grpo, tasks  # noqa: E402
 
-GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 PROMPTS, GROUP, NEW_TOKENS, LR = 8, 4, 128, 1e-6
 
 
-def problems(n):
-    return M.read_problems(GSM8K)[:n] if GSM8K.exists() else M.make_arith_problems(n, seed=0)
+def problems(args, n):
+    """The first n questions of --data (a GSM8K JSONL file), or of the built-in arithmetic task."""
+    return tasks.read_problems(args.data)[:n] if args.data else tasks.make_arith_problems(n, seed=0)
 
 
 def peak_gib():
@@ -46,28 +47,17 @@ def minireason_side(args):
                         "--cache-dir", args.cache_dir])
     torch.manual_seed(0)
     model, tokenizer = M.load_model(cfg.model, cfg.cache_dir, "cpu")
-    grpo = M.importlib.import_module("algorithms.grpo")
     optimizer = M.make_optimizer([model], cfg.lr)
-    questions = problems(2 * PROMPTS)
-    # as in minireason.train: in fp32 the policy samples and its sampling log-probs are the old ones; in bf16 a
-    # bf16 copy samples, the fp32 weights re-score the rollout under autocast, and the copy is refreshed after
+    questions = problems(args, 2 * PROMPTS)
+    # as in minireason.train: in bf16 a bf16 copy samples and the fp32 weights re-score the rollout under autocast
     sampler = copy.deepcopy(model).to(torch.bfloat16) if args.dtype == "bf16" else model
     with M.precision(cfg):
         for iteration in range(2):
-            phases, start = {}, time.perf_counter()
-            rollout, _ = M.generate(sampler, tokenizer, questions[iteration * PROMPTS:(iteration + 1) * PROMPTS],
-                                    cfg, group_size=GROUP)
-            phases["generate"] = time.perf_counter() - start
-            if sampler is not model:
-                rollout.old_logprobs = M.score(model, rollout, cfg.temperature, cfg.micro_batch, with_entropy=False)[0]
-                phases["old log-probs"] = time.perf_counter() - start - phases["generate"]
-            rollout.advantages = grpo.advantages(rollout, cfg)
-            M.update(model, optimizer, rollout, grpo, cfg)
-            if sampler is not model:
-                sampler.load_state_dict(model.state_dict())
+            start = time.perf_counter()
+            rollout, _, _ = M.rl_step(model, sampler, None, None, optimizer, tokenizer,
+                                      questions[iteration * PROMPTS:(iteration + 1) * PROMPTS], grpo, cfg)
             seconds = time.perf_counter() - start
-            phases["update"] = seconds - sum(phases.values())
-    return dict(seconds=seconds, phases=phases, peak_gib=peak_gib(), tokens=int(rollout.response_mask.sum()))
+    return dict(seconds=seconds, peak_gib=peak_gib(), tokens=int(rollout.response_mask.sum()))
 
 
 def trl_side(args):
@@ -77,7 +67,7 @@ def trl_side(args):
     path = M.model_path(args.model, Path(args.cache_dir))
     data = Dataset.from_list([{"prompt": [{"role": "system", "content": M.INSTRUCTION},
                                           {"role": "user", "content": p.question}], "answer": p.answer}
-                              for p in problems(2 * PROMPTS)])
+                              for p in problems(args, 2 * PROMPTS)])
 
     def reward(completions, answer, **kwargs):
         texts = [c[-1]["content"] for c in completions]
@@ -106,6 +96,7 @@ def main():
     p.add_argument("--trl-defaults", action="store_true", help="TRL with bf16 autocast and gradient checkpointing")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="minireason's --dtype")
     p.add_argument("--micro-batch", type=int, default=4, help="minireason's rows per forward/backward")
+    p.add_argument("--data", help="a GSM8K JSONL file (default: the built-in arithmetic questions)")
     p.add_argument("--cache-dir", default=str(Path("~/.cache/minireason").expanduser()))
     p.add_argument("--side", choices=("minireason", "trl"), help=argparse.SUPPRESS)  # a child process's half
     args = p.parse_args()
@@ -129,9 +120,8 @@ def main():
     print(f"one GRPO iteration on {args.model}: {PROMPTS} questions x {GROUP} samples x up to {NEW_TOKENS} tokens, "
           f"{torch.get_num_threads()} threads; minireason in {args.dtype}, TRL "
           f"{'with its defaults (bf16, gradient checkpointing)' if args.trl_defaults else 'in fp32'}")
-    print(f"{'':<12} {'seconds':>8} {'peak GiB':>9}   phases")
-    print(f"{'minireason':<12} {ours['seconds']:8.1f} {ours['peak_gib']:9.2f}   "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in ours["phases"].items()))
+    print(f"{'':<12} {'seconds':>8} {'peak GiB':>9}")
+    print(f"{'minireason':<12} {ours['seconds']:8.1f} {ours['peak_gib']:9.2f}")
     summary = dict(model=args.model, dtype=args.dtype, trl_defaults=args.trl_defaults, minireason_seconds=round(ours["seconds"], 2),
                    minireason_peak_gib=round(ours["peak_gib"], 2))
     if "trl" in results:

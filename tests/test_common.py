@@ -55,6 +55,19 @@ def test_clipped_surrogate_gradient_at_ratio_one_is_policy_gradient():
     assert logp.grad.tolist()[0] == pytest.approx([-2.0, 3.0])  # -A * d logp
 
 
+def test_a_huge_log_ratio_is_clamped_not_inf():
+    # log-ratio 100: exp(100) overflows float32 to inf, and inf * 0 advantages is NaN. Clamped to 20, the loss is
+    # finite and the gradient 0 (the clip holds the ratio) for a positive advantage
+    logp = torch.tensor([[100.0, 100.0, -100.0]], requires_grad=True)
+    loss, clipped = clipped_surrogate(logp, torch.zeros(1, 3), torch.tensor([[1.0, 0.0, -1.0]]))
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logp.grad).all()
+    assert loss.tolist()[0] == pytest.approx([-1.2, 0.0, 0.8])
+    # a bad token 20 nats likelier than when sampled: its loss is exp(20), not exp(100)
+    loss, _ = clipped_surrogate(torch.tensor([[100.0]]), torch.zeros(1, 1), torch.tensor([[-1.0]]))
+    assert loss.item() == pytest.approx(math.exp(20), rel=1e-5)
+
+
 def test_kl_estimators():
     logp, ref = torch.tensor([-1.0]), torch.tensor([-1.5])          # d = 0.5
     assert kl_estimate(logp, ref, "k1").item() == pytest.approx(0.5)

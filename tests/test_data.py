@@ -4,6 +4,7 @@ import json
 import pytest
 
 import minireason as M
+from algorithms import tasks
 
 GSM8K = {"question": "Ann has 3 bags of 4 apples. She eats 2. How many are left?",
          "answer": "She has 3*4=<<3*4=12>>12 apples.\nThen 12-2=<<12-2=10>>10 are left.\n#### 10"}
@@ -18,7 +19,7 @@ def write(path, lines):
 
 
 def test_gsm8k_record_becomes_a_chain_ending_in_a_boxed_answer(tmp_path):
-    [p] = M.read_problems(write(tmp_path / "gsm8k.jsonl", [GSM8K]))
+    [p] = tasks.read_problems(write(tmp_path / "gsm8k.jsonl", [GSM8K]))
     assert p.question == GSM8K["question"]
     assert p.answer == "10"
     # the calculator annotations go, the "#### 10" line becomes a boxed answer the grader reads
@@ -27,10 +28,10 @@ def test_gsm8k_record_becomes_a_chain_ending_in_a_boxed_answer(tmp_path):
 
 
 def test_math_records_take_the_answer_field_or_the_solutions_last_box(tmp_path):
-    a, b = M.read_problems(write(tmp_path / "math.jsonl", [MATH_WITH_ANSWER, "", MATH_SOLUTION_ONLY]))
+    a, b = tasks.read_problems(write(tmp_path / "math.jsonl", [MATH_WITH_ANSWER, "", MATH_SOLUTION_ONLY]))
     assert (a.question, a.answer, a.solution) == (MATH_WITH_ANSWER["problem"], "\\frac{3}{4}", MATH_WITH_ANSWER["solution"])
     assert (b.answer, b.solution) == ("32", MATH_SOLUTION_ONLY["solution"])
-    [c] = M.read_problems(write(tmp_path / "answers.jsonl", [{"problem": "1+1?", "answer": "2"}]))
+    [c] = tasks.read_problems(write(tmp_path / "answers.jsonl", [{"problem": "1+1?", "answer": "2"}]))
     assert c.solution is None  # fine for RL and evaluation; the warm-up refuses it (below)
 
 
@@ -45,17 +46,17 @@ def test_math_records_take_the_answer_field_or_the_solutions_last_box(tmp_path):
 ])
 def test_bad_records_stop_with_file_line_and_reason(tmp_path, lines, message):
     with pytest.raises(SystemExit) as stop:
-        M.read_problems(write(tmp_path / "bad.jsonl", lines))
+        tasks.read_problems(write(tmp_path / "bad.jsonl", lines))
     assert message in str(stop.value)
     assert "\n" not in str(stop.value)
 
 
 def test_unreadable_file_is_named(tmp_path):
     with pytest.raises(SystemExit, match=r"missing\.jsonl: cannot read it \(No such file or directory\)"):
-        M.read_problems(tmp_path / "missing.jsonl")
+        tasks.read_problems(tmp_path / "missing.jsonl")
     (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SystemExit, match=r"binary\.jsonl: cannot read it"):
-        M.read_problems(tmp_path / "binary.jsonl")
+        tasks.read_problems(tmp_path / "binary.jsonl")
 
 
 def test_held_out_split_eval_data_and_eval_limit(tmp_path):

@@ -4,6 +4,7 @@ import json
 import pytest
 
 import minireason as M
+from algorithms import tasks
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -33,7 +34,7 @@ def test_evaluate_reports_consistent_metrics(tiny, monkeypatch):
     # a reward the untrained model earns now and then, so every metric has something to count
     monkeypatch.setattr(M, "grade_batch", lambda texts, refs, stopped: ["7" in t for t in texts])
     cfg = M.parse_args(["--max-new-tokens", "12", "--eval-batch", "5"])
-    problems = M.make_arith_problems(12, seed=3)
+    problems = tasks.make_arith_problems(12, seed=3)
     metrics, records = M.evaluate(model, tokenizer, problems, cfg, k=4)
     assert [r["question"] for r in records] == [p.question for p in problems]
     assert all(len(r["samples"]) == 4 for r in records)
