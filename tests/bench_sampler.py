@@ -81,7 +81,7 @@ def setup(args):
 
     @torch.inference_mode()
     def hf(rows, new_tokens, sample, scores=False):
-        ids, mask = M.left_pad(rows, pad)
+        ids, mask = M.pad(rows, pad, left=True)
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=sample,
                              temperature=1.0 if sample else None, top_k=0 if sample else None,
                              top_p=1.0 if sample else None, eos_token_id=stop, pad_token_id=pad,

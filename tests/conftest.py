@@ -6,11 +6,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import minireason  # noqa: E402
+from algorithms import models  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A freshly initialised tiny char-level LLaMA (the default model's config) and its tokenizer."""
     path = tmp_path_factory.mktemp("tiny")
-    minireason.build_tiny_model(path)
+    models.build_tiny_model(path, minireason.TINY_MODEL)
     return minireason.load_model(str(path), path, "cpu")

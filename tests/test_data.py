@@ -84,5 +84,5 @@ def test_a_bad_file_stops_the_run_before_training(tmp_path, capsys):
 def test_warm_up_needs_solutions(tmp_path):
     data = write(tmp_path / "answers.jsonl", [{"problem": "1+1?", "answer": "2"}] * 3)
     cfg = M.parse_args(["--data", str(data), "--n-test", "1", "--sft-steps", "5", "--cache-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--sft-steps 5: the warm-up trains on reference solutions"):
+    with pytest.raises(SystemExit, match="answers.jsonl: some records have no solution for the warm-up to train on"):
         M.warm_up(cfg, M.load_task(cfg)[0])

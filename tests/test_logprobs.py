@@ -38,9 +38,10 @@ def test_rows_sharing_a_prompt_get_the_logprobs_and_gradients_of_one_sequence_pe
     model, tokenizer = tiny
     torch.manual_seed(0)
     prompts = [M.encode_prompt(tokenizer, q, "") for q in ("7-3*4+2", "9*9")]  # different lengths: one is padded
-    prompt_ids, prompt_mask = M.left_pad([prompts[0]] * 3 + [prompts[1]] * 3, tokenizer.pad_token_id)
-    response_ids, response_mask = M.right_pad([torch.randint(3, 20, (n,)).tolist() for n in (5, 9, 2, 9, 1, 7)],
-                                              tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = M.pad([prompts[0]] * 3 + [prompts[1]] * 3, tokenizer.pad_token_id, left=True)
+    response_ids, response_mask = M.pad([torch.randint(3, 20, (n,)).tolist() for n in (5, 9, 2, 9, 1, 7)],
+                                        tokenizer.pad_token_id)
+    response_mask = response_mask.float()
     batch = M.Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_size=3)
     weights = torch.randn(response_mask.shape)
     P = prompt_ids.size(1)

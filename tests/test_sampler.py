@@ -15,7 +15,7 @@ def encode(tokenizer, questions):
 
 
 def hf_greedy(model, prompts, pad_id, eos_id, max_new_tokens):
-    ids, mask = M.left_pad(prompts, pad_id)
+    ids, mask = M.pad(prompts, pad_id, left=True)
     out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
                          eos_token_id=eos_id, pad_token_id=pad_id)
     return out[:, ids.size(1):]
@@ -53,7 +53,7 @@ def test_greedy_equals_generate_with_rows_stopping_at_different_steps(tiny, monk
 def test_prefill_equals_one_forward_over_the_padded_batch(tiny, monkeypatch, prefill_positions):
     model, tokenizer = tiny
     prompts = encode(tokenizer, QUESTIONS + QUESTIONS[1:3])  # two prompts twice: each distinct one runs once
-    ids, mask = M.left_pad(prompts, tokenizer.pad_token_id)
+    ids, mask = M.pad(prompts, tokenizer.pad_token_id, left=True)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask, position_ids=M.position_ids(mask), use_cache=True)
     monkeypatch.setattr(M, "PREFILL_POSITIONS", prefill_positions)
@@ -84,7 +84,7 @@ def test_response_mask_covers_eos_even_when_pad_is_eos(tiny):
 
 
 def test_prompt_padding_and_positions():
-    ids, mask = M.left_pad([[5, 6, 7], [8]], pad_id=0)
+    ids, mask = M.pad([[5, 6, 7], [8]], pad_id=0, left=True)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert M.position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
 
