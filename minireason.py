@@ -501,7 +501,6 @@ def step_metrics(rollout, batch, stats, algo):
 
 
 def train(cfg):
-    transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train_problems, test_problems = load_task(cfg)
@@ -910,6 +909,7 @@ def precision(cfg):
 
 def main(argv):
     cfg = parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
     if cfg.compare and not cfg.eval_only:
         from algorithms import compare
         warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
