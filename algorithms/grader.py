@@ -127,7 +127,7 @@ def _final_boxes(text):
 # GSM8K's "#### 18", but not a markdown heading "#### Step 2"
 _HASHES = re.compile(r"####\s*([^\s#A-Za-z][^\n]*)")
 # "The final answer is $\frac{1}{2}$." or "Answer: 18" -> up to the end of the line or sentence
-_ANSWER_IS = re.compile(r"answer(?:\s+is|\s*:)\**:?\s*(.+?)\s*(?:\.\s|\.?$)", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"answer(\s+is|\s*:)\**:?\s*(.+?)\s*(?:\.\s|\.?$)", re.IGNORECASE | re.MULTILINE)
 # 12, -3, 1,234, 0.5, .5, 3/4; not the 5 in x5 or the .5 in 3.5
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|(?<![\w.])-?\.\d+")
 # $x$, $$x$$, \(x\), \[x\], but not an escaped dollar \$18
@@ -159,14 +159,15 @@ def extract_answer(text: str) -> str | None:
     said = list(_ANSWER_IS.finditer(text))
     boxes = _final_boxes(text)
     # A box is the answer, unless a value is said after it: "\boxed{41} ... no, the answer is 42", but not
-    # "\boxed{44}, so our answer is correct".
-    if boxes is not None and not (said and said[-1].start(1) > boxes[1] and re.search(r"[\d\\$]", said[-1][1])):
+    # "\boxed{44}, so our answer is correct" or "\boxed{44}. We check our answer: 17 \cdot 44 = 748".
+    if boxes is not None and not (said and said[-1].start() > boxes[1] and said[-1][1].strip().lower() == "is"
+                                  and re.search(r"[\d\\$]", said[-1][2])):
         return boxes[0] or None
     hashes = _HASHES.findall(text)
     if hashes:
         return hashes[-1].strip()
     if said:
-        return said[-1].group(1).strip("*$ ") or None  # "the answer is $x$", markdown bold "**18**"
+        return said[-1][2].strip("*$ ") or None  # "the answer is $x$", markdown bold "**18**"
     text = text.strip()
     if _is_bare_answer(text):
         return text
@@ -195,6 +196,7 @@ _REWRITES = [  # (pattern, replacement): LaTeX habits that do not change the val
     (r"\^\s*\{?\\circ\}?|°|\\degree", ""),           # 90^\circ
     (r"\\?%", ""),                                   # 50\%
     (r"\\?\$|\\[()\[\]]", ""),                       # \$18.90, $x$, $$x$$, \(x\), \[x\]
+    (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),           # all real numbers
     # one spelling per relation: x \geq 5, x \ge 5, x >= 5, x ≥ 5 are x>=5; x \approx 11 is x = 11
     (r"\\(?:leq?|leqslant)(?![A-Za-z])|=<", "<="), (r"\\(?:geq?|geqslant)(?![A-Za-z])|=>", ">="),
     (r"\\neq?(?![A-Za-z])", "!="), (r"\\lt(?![A-Za-z])", "<"), (r"\\gt(?![A-Za-z])", ">"),
@@ -376,6 +378,15 @@ def _structure(s):
     return None
 
 
+def _as_vector(structure):
+    """A matrix of one row or one column as the tuple of its entries; anything else unchanged."""
+    kind, items = structure
+    if not kind.startswith("matrix"):
+        return structure
+    row_widths = json.loads(kind.removeprefix("matrix"))
+    return ("()", items) if len(row_widths) == 1 or set(row_widths) == {1} else structure
+
+
 def _same_elements(xs, ys):
     """Whether xs and ys hold the same elements, as sets: each x equals some y and each y some x (so
     "15\\frac{39}{40}, \\frac{639}{40}", one value written twice, is that value)."""
@@ -401,6 +412,8 @@ def _deep_equal(a, b):
     structure_a, structure_b = _structure(a), _structure(b)
     if bool(structure_a) != bool(structure_b) and (structure_a or structure_b)[0] == "set":
         structure_a, structure_b = structure_a or ("set", [a]), structure_b or ("set", [b])  # 5 is {5}
+    if structure_a and structure_b and {structure_a[0][:6], structure_b[0][:6]} == {"matrix", "()"}:
+        structure_a, structure_b = _as_vector(structure_a), _as_vector(structure_b)  # (1, 2) is a vector
     if structure_a or structure_b:
         if not (structure_a and structure_b) or structure_a[0] != structure_b[0]:
             return False

@@ -203,7 +203,9 @@ PMATRIX = "\\begin{pmatrix} 1 & \\frac{1}{2} \\\\ 0 & \\sqrt{2} \\end{pmatrix}"
      True),
     ("\\boxed{\\begin{pmatrix} 1 & 0 \\\\ \\frac{1}{2} & \\sqrt{2} \\end{pmatrix}}", PMATRIX, False),  # transposed
     ("\\boxed{\\begin{pmatrix} 1 & \\frac{1}{2} & 0 & \\sqrt{2} \\end{pmatrix}}", PMATRIX, False),     # reshaped
-    ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "(1, 2)", False),
+    ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "(1, 2)", True),                # a vector
+    ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "(2, 1)", False),
+    ("\\boxed{(1, \\frac{1}{2}, 0, \\sqrt{2})}", PMATRIX, False),                          # not a vector
 ])
 def test_matrices_entry_by_entry(response, reference, right):
     assert grade(response, reference) == right
@@ -212,7 +214,7 @@ def test_matrices_entry_by_entry(response, reference, right):
 @pytest.mark.parametrize("response, reference, right", [
     ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3, \\pi/2)", True), ("\\boxed{(p, q) = (3, 2)}", "(3, 2)", True),
     ("\\boxed{\\{2, 1\\}}", "1, 2", True), ("\\boxed{\\left(-\\infty, 2\\right]}", "(-\\infty, 2]", True),
-    ("\\boxed{(0,9)\\cup(9,36)}", "(9, 36) \\cup (0, 9)", True),
+    ("\\boxed{(0,9)\\cup(9,36)}", "(9, 36) \\cup (0, 9)", True), ("\\boxed{\\mathbb{R}}", "(-\\infty, \\infty)", True),
     ("\\boxed{(3, 2)}", "(2, 3)", False), ("\\boxed{(p, q) = (2, 3)}", "(3, 2)", False),
     ("\\boxed{(-\\infty, 2)}", "(-\\infty, 2]", False), ("\\boxed{\\{1, 2\\}}", "(1, 2)", False),
 ])
@@ -249,6 +251,7 @@ def test_answers_without_a_box(response, answer):
     ("So $\\boxed{41}$. Hmm, I made a mistake: the answer is 42.", "42"),
     ("The answer is 41. No wait, the answer is $\\boxed{42}$.", "42"),
     ("Hence $\\boxed{44}$. Check: $17 \\cdot 44 = 748$, so our answer is correct.", "44"),  # no new value said
+    ("Hence $\\boxed{44}$. We check our answer: $17 \\cdot 44 = 748$.", "44"),             # a check, not an answer
 ])
 def test_a_response_that_changes_its_mind_is_graded_on_its_final_answer(response, answer):
     assert extract_answer(response) == answer
