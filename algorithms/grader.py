@@ -70,7 +70,9 @@ POOL_SIZE = min(4, os.cpu_count() or 1)
 # Unicode that models and datasets write for ASCII or LaTeX: \boxed{−5} is -5
 _UNICODE = str.maketrans({"\u2212": "-", "\u00d7": "\\times ", "\u00f7": "\\div ", "\u2264": "\\le ",
                           "\u2265": "\\ge ", "\u2260": "\\ne ", "\u00b7": "\\cdot ", "\u22c5": "\\cdot ",
-                          "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u00a0": " ", "\u2009": " ", "\u202f": " "})
+                          "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u221a": "\\sqrt ", "\u00bd": "\\frac{1}{2}",
+                          "\u00bc": "\\frac{1}{4}", "\u00be": "\\frac{3}{4}",
+                          "\u00a0": " ", "\u2009": " ", "\u202f": " "})  # no-break and thin spaces
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Extraction
@@ -132,8 +134,8 @@ _ANSWER_IS = re.compile(r"answer(\s+is|\s*:)\**:?\s*(.+?)\s*(?:\.\s|\.?$)", re.I
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|(?<![\w.])-?\.\d+")
 # $x$, $$x$$, \(x\), \[x\], but not an escaped dollar \$18
 _MATH_SPAN = re.compile(r"(?<!\\)\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
-# A chat template's next turn: what follows is not the response
-_NEXT_TURN = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|end|user)\|>|</s>|\n\s*(?:Human|User):")
+# A chat template's next turn, or a few-shot prompt's next question: what follows is not the response
+_NEXT_TURN = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|end|user)\|>|</s>|\n\s*(?:Human|User|Question):")
 
 
 def _is_bare_answer(text):
@@ -197,6 +199,7 @@ _REWRITES = [  # (pattern, replacement): LaTeX habits that do not change the val
     (r"\\?%", ""),                                   # 50\%
     (r"\\?\$|\\[()\[\]]", ""),                       # \$18.90, $x$, $$x$$, \(x\), \[x\]
     (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),           # all real numbers
+    (r"\\varnothing|\\\{\s*\\\}", r"\\emptyset"),          # the empty set
     # one spelling per relation: x \geq 5, x \ge 5, x >= 5, x ≥ 5 are x>=5; x \approx 11 is x = 11
     (r"\\(?:leq?|leqslant)(?![A-Za-z])|=<", "<="), (r"\\(?:geq?|geqslant)(?![A-Za-z])|=>", ">="),
     (r"\\neq?(?![A-Za-z])", "!="), (r"\\lt(?![A-Za-z])", "<"), (r"\\gt(?![A-Za-z])", ">"),
@@ -211,7 +214,7 @@ _TEXT = re.compile(r"\\(?:text|textbf|textrm|textnormal|textit|mbox|mathrm|mathb
 _UNIT_WORDS = re.compile(r"(?<=[\d}])\s+[A-Za-z]{2,}(?:\s+[A-Za-z]{2,})*$")  # 18 dollars, 3 square units
 _JOINING_WORD = re.compile(r"\s*\\text\{\s*(and|or)\s*\}\s*|\s+(and|or)\s+")  # 6 \text{ and } 8, x=1 or x=2
 _RELATION = re.compile(r"<=|>=|!=|<|>")
-_NAMED = re.compile(r"^[A-Za-z](?:_\w)?=(?![=<>])")  # "x=" or "a_1=" naming the value that follows
+_NAMED = re.compile(r"^[A-Za-z](?:_\w)?(?:\([a-z]\))?=(?![=<>])")  # "x=", "a_1=", "f(x)=" naming a value
 
 
 def _unwrap_text(match):
@@ -387,6 +390,16 @@ def _as_vector(structure):
     return ("()", items) if len(row_widths) == 1 or set(row_widths) == {1} else structure
 
 
+def _as_point(structure):
+    """Values named by distinct letters (y=-1, x=3) as the tuple of the values in the letters' order (3, -1);
+    anything else unchanged."""
+    kind, items = structure
+    named = [re.fullmatch(r"([A-Za-z])=(.+)", item) for item in items]
+    if kind != "set" or not all(named) or len({match[1] for match in named}) < len(named):
+        return structure
+    return "()", [match[2] for match in sorted(named, key=lambda match: match[1])]
+
+
 def _same_elements(xs, ys):
     """Whether xs and ys hold the same elements, as sets: each x equals some y and each y some x (so
     "15\\frac{39}{40}, \\frac{639}{40}", one value written twice, is that value)."""
@@ -414,6 +427,8 @@ def _deep_equal(a, b):
         structure_a, structure_b = structure_a or ("set", [a]), structure_b or ("set", [b])  # 5 is {5}
     if structure_a and structure_b and {structure_a[0][:6], structure_b[0][:6]} == {"matrix", "()"}:
         structure_a, structure_b = _as_vector(structure_a), _as_vector(structure_b)  # (1, 2) is a vector
+    if structure_a and structure_b and {structure_a[0], structure_b[0]} == {"set", "()"}:
+        structure_a, structure_b = _as_point(structure_a), _as_point(structure_b)  # x=3, y=-1 is (3, -1)
     if structure_a or structure_b:
         if not (structure_a and structure_b) or structure_a[0] != structure_b[0]:
             return False
@@ -454,7 +469,7 @@ def _argument(s, i):
 
 
 def _latex_to_python(s):
-    """Translate answer LaTeX (\\frac, \\sqrt, ^, \\pi, n!, decimals, implicit products) into sympy syntax.
+    """Translate answer LaTeX (\\frac, \\sqrt, ^, \\pi, n!, \\binom, decimals, implicit products) into sympy syntax.
     Raises ValueError or LookupError on LaTeX we do not translate. Only safe if the result is whitelisted."""
     s = re.sub(r"(\d*)\.(\d+)", lambda m: f"({int(m[1] + m[2])}/{10 ** len(m[2])})", s)  # 1.25 = 125/100, exact
     s = re.sub(r"(\d+)!", r"\\factorial{\1}", s)  # 3! (the factorial of a number only)
@@ -471,6 +486,11 @@ def _latex_to_python(s):
                 degree, i = s[i + 1:s.index("]", i)], s.index("]", i) + 1
             radicand, i = _argument(s, i)
             out.append(f" (({_latex_to_python(radicand)})**(1/({_latex_to_python(degree)}))) ")
+        elif command and command.group(1) in ("binom", "dbinom", "tbinom"):
+            n, i = _argument(s, command.end())  # n! / (k! (n-k)!): no comma reaches the parser
+            k, i = _argument(s, i)
+            n, k = _latex_to_python(n), _latex_to_python(k)
+            out.append(f" (factorial({n})/(factorial({k})*factorial(({n})-({k})))) ")
         elif command and command.group(1) == "factorial":
             number, i = _argument(s, command.end())
             out.append(f" factorial({number}) ")
@@ -507,7 +527,7 @@ def _is_astronomical(expr):
     import sympy
     limit = sympy.Float(f"1e{MAX_DIGITS}")
     for node in sympy.postorder_traversal(expr):
-        if isinstance(node, sympy.factorial) and not (node.args[0].is_Integer and node.args[0] <= MAX_FACTORIAL):
+        if isinstance(node, sympy.factorial) and node.args[0].is_number and not node.args[0] <= MAX_FACTORIAL:
             return True
         if node.is_Pow and node.is_number:
             size = abs(node.evalf(3))

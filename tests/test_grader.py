@@ -184,7 +184,7 @@ def test_inequalities_by_canonical_form_or_solution_set(response, reference, rig
 @pytest.mark.parametrize("response, reference, right", [
     ("\\boxed{y = -\\frac{1}{2}x + \\frac34}", "2x + 4y - 3 = 0", True),       # rearranged and scaled
     ("\\boxed{10x - 14y + 22z + 8 = 0}", "5x - 7y + 11z + 4 = 0", True), ("\\boxed{-y = -2x - 3}", "y = 2x + 3", True),
-    ("\\boxed{y = 2x + 3}", "2x + 3", True),                                   # a named value against the value
+    ("\\boxed{y = 2x + 3}", "2x + 3", True), ("\\boxed{f(x) = 2x + 3}", "2x + 3", True),  # a named value
     ("\\boxed{y = 2x - 3}", "y = 2x + 3", False), ("\\boxed{x^2 = 4}", "x = 2", False),
     ("\\boxed{0 = 0}", "y = 2x + 3", False), ("\\boxed{2x + 4y = 0}", "2x + 4y - 3 = 0", False),
 ])
@@ -215,7 +215,9 @@ def test_matrices_entry_by_entry(response, reference, right):
     ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3, \\pi/2)", True), ("\\boxed{(p, q) = (3, 2)}", "(3, 2)", True),
     ("\\boxed{\\{2, 1\\}}", "1, 2", True), ("\\boxed{\\left(-\\infty, 2\\right]}", "(-\\infty, 2]", True),
     ("\\boxed{(0,9)\\cup(9,36)}", "(9, 36) \\cup (0, 9)", True), ("\\boxed{\\mathbb{R}}", "(-\\infty, \\infty)", True),
+    ("\\boxed{y = 2, x = 3}", "(3, 2)", True), ("\\boxed{\\varnothing}", "\\emptyset", True),
     ("\\boxed{(3, 2)}", "(2, 3)", False), ("\\boxed{(p, q) = (2, 3)}", "(3, 2)", False),
+    ("\\boxed{x = 2, y = 3}", "(3, 2)", False), ("\\boxed{x = 3, x = 2}", "(3, 2)", False),
     ("\\boxed{(-\\infty, 2)}", "(-\\infty, 2]", False), ("\\boxed{\\{1, 2\\}}", "(1, 2)", False),
 ])
 def test_sets_intervals_and_tuples(response, reference, right):
@@ -237,6 +239,7 @@ def test_units_and_text(response, reference, right):
     ("Solving numerically we get $x \\approx 11$", "x \\approx 11"),
     ("The answer is 14.<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?", "14"),
     ("The answer is 14.\nUser: and what is 3 + 4?", "14"),
+    ("The answer is 14.\n\nQuestion: Tom has 3 apples. How many? The answer is 3.", "14"),  # few-shot continued
     ("Adding them, $3 \\times 4 = 12$.", "12"), ("So $x = 2 + 3 = 5$.", "5"),
     ("The line is $y = 2x + 3$.", "y = 2x + 3"), ("The roots are $x = \\pm 2$", "x = \\pm 2"),
     ("Answer: 36 marbles", "36 marbles"),
@@ -263,6 +266,7 @@ def test_a_response_that_changes_its_mind_is_graded_on_its_final_answer(response
     ("\\boxed{x \u2265 5}", "x \\ge 5", True), ("\\boxed{x \u2264 5}", "x \\le 5", True),
     ("\\boxed{x \u2260 2}", "x \\neq 2", True),
     ("\\boxed{5\u00a0000}", "5000", True), ("\\boxed{2\u03c0}", "2\\pi", True),
+    ("\\boxed{\u00bd}", "0.5", True), ("\\boxed{\u221a8}", "2\\sqrt{2}", True),
     ("\\boxed{\u22125}", "5", False), ("\\boxed{x \u2265 5}", "x \\le 5", False),
 ])
 def test_unicode_math_is_read_as_latex(response, reference, right):
@@ -273,6 +277,8 @@ def test_unicode_math_is_read_as_latex(response, reference, right):
     ("\\boxed{\\cfrac{1}{2}}", "0.5", True), ("\\boxed{\\tfrac{3}{4}}", "\\frac34", True),
     ("\\boxed{10{,}080}", "10080", True), ("\\boxed{10,\\!080}", "10080", True),
     ("$$\\boxed{7}$$", "7", True), ("\\boxed{3!}", "6", True), ("\\boxed{5!}", "100", False),
+    ("\\boxed{120}", "\\binom{10}{3}", True), ("\\boxed{\\binom{10}{7}}", "\\binom{10}{3}", True),
+    ("\\boxed{\\binom{10}{4}}", "120", False),
     ("\\boxed{\\cfrac{1}{3}}", "0.5", False),
 ])
 def test_latex_spellings(response, reference, right):
