@@ -128,12 +128,15 @@ def _final_boxes(text):
 
 # GSM8K's "#### 18", but not a markdown heading "#### Step 2"
 _HASHES = re.compile(r"####\s*([^\s#A-Za-z][^\n]*)")
-# "The final answer is $\frac{1}{2}$." or "Answer: 18" -> up to the end of the line or sentence
-_ANSWER_IS = re.compile(r"answer(\s+is|\s*:)\**:?\s*(.+?)\s*(?:\.\s|\.?$)", re.IGNORECASE | re.MULTILINE)
+# "The final answer is $\frac{1}{2}$." or "Answer: 18"; _said_answer takes what follows, up to the end of the
+# sentence (a lazy regex up to ". " would backtrack quadratically on a long line of spaces)
+_ANSWER_IS = re.compile(r"answer(\s+is|\s*:)\**:?[ \t]*", re.IGNORECASE)
 # 12, -3, 1,234, 0.5, .5, 3/4; not the 5 in x5 or the .5 in 3.5
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|(?<![\w.])-?\.\d+")
-# $x$, $$x$$, \(x\), \[x\], but not an escaped dollar \$18
-_MATH_SPAN = re.compile(r"(?<!\\)\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+# $x$, $$x$$, \(x\), \[x\], but not an escaped dollar \$18. A span never holds its own opening delimiter, so
+# each character is scanned once (no quadratic search on "\(\(\(...").
+_MATH_SPAN = re.compile(r"(?<!\\)\$\$([^$]+?)\$\$|(?<!\\)\$([^$]+?)(?<!\\)\$|\\\(((?:(?!\\\().)+?)\\\)"
+                        r"|\\\[((?:(?!\\\[).)+?)\\\]", re.DOTALL)
 # A chat template's next turn, or a few-shot prompt's next question: what follows is not the response
 _NEXT_TURN = re.compile(r"<\|(?:im_end|im_start|endoftext|eot_id|end|user)\|>|</s>|\n\s*(?:Human|User|Question):")
 
@@ -145,6 +148,13 @@ def _is_bare_answer(text):
         return False
     words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+(\{[A-Za-z ]*\})?", " ", text))
     return not words or words == [text]
+
+
+def _said_answer(text, said):
+    """What 'the answer is ...' (the match `said` in text) says: up to the end of its sentence, without
+    markdown bold or dollars."""
+    line = text[said.end():].partition("\n")[0]
+    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip().strip("*$ ")
 
 
 def _result_of(math):
@@ -159,17 +169,19 @@ def extract_answer(text: str) -> str | None:
     """The final answer in a model response or a reference solution, as a string; None if there is none."""
     text = _NEXT_TURN.split(text.translate(_UNICODE), 1)[0]
     said = list(_ANSWER_IS.finditer(text))
+    last_said = _said_answer(text, said[-1]) if said else None  # "the answer is $x$", markdown bold "**18**"
     boxes = _final_boxes(text)
     # A box is the answer, unless a value is said after it: "\boxed{41} ... no, the answer is 42", but not
     # "\boxed{44}, so our answer is correct" or "\boxed{44}. We check our answer: 17 \cdot 44 = 748".
-    if boxes is not None and not (said and said[-1].start() > boxes[1] and said[-1][1].strip().lower() == "is"
-                                  and re.search(r"[\d\\$]", said[-1][2])):
+    corrected = (boxes is not None and said and said[-1].start() > boxes[1]
+                 and said[-1][1].strip().lower() == "is" and re.search(r"[\d\\$]", last_said))
+    if boxes is not None and not corrected:
         return boxes[0] or None
     hashes = _HASHES.findall(text)
     if hashes:
         return hashes[-1].strip()
     if said:
-        return said[-1][2].strip("*$ ") or None  # "the answer is $x$", markdown bold "**18**"
+        return last_said or None
     text = text.strip()
     if _is_bare_answer(text):
         return text

@@ -35,6 +35,7 @@ HOSTILE = [
     "{" * 5000 + "1" + "}" * 5000, "9" * 400, "(x+y+z)^{10000}", "\\sqrt{" * 100 + "2" + "}" * 100,
     "(" * 500 + "1" + ")" * 500, "\\frac{1}{0}", "0^{-1}", "\\boxed{" * 300, "1" * 5000,
     "(" * 160 + "1" + ",1)" * 160,
+    "the answer is 1" + " " * 40000 + "x", "\\(" * 20000,  # a quadratic regex would take many seconds on these
 ]
 SLACK = 5.0  # seconds on top of TIMEOUT: starting a fresh worker after one was killed
 TIMINGS = []  # (seconds, response, reference) of every grade() call

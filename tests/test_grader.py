@@ -336,6 +336,7 @@ HOSTILE = [
     "{" * 5000 + "1" + "}" * 5000, BIG, "\\sqrt{" * 100 + "2" + "}" * 100, "(" * 500 + "1" + ")" * 500,
     "\\frac{1}{0}", "0^{-1}", "(10^{9999})^{9999}", "\\boxed{" * 300, "1" * 5000,
     "(" * 160 + "1" + ",1)" * 160,  # tuples nested 160 deep
+    "the answer is 1" + " " * 40000 + "x", "\\(" * 20000,  # a quadratic regex would take many seconds on these
 ]
 
 
