@@ -32,7 +32,8 @@ The pipeline runs cheapest first:
 1. extract_answer    the last \\boxed{...} (with the boxes just before it: \\boxed{1}, \\boxed{2}), or a later
                      "the (final) answer is x"; else GSM8K's "#### x"; else "the answer is x"; else a bare
                      short answer (a reference like "3/4"); else the last math span or number, whichever is
-                     last. A chat template's next turn is cut off first.
+                     last. A chat template's next turn (or a few-shot prompt's next "Question:") is cut
+                     off first.
 2. normalize_answer  drop LaTeX that does not change the value: \\left, \\dfrac, spacing, $, %, degrees,
                      units, thousands separators, a leading "x =" before a value; one spelling for relations
                      (\\ge, >=, ≥ -> >=) and for several answers ("1 and 2" -> 1,2); Unicode minus and the like.
@@ -210,8 +211,8 @@ _REWRITES = [  # (pattern, replacement): LaTeX habits that do not change the val
     (r"\^\s*\{?\\circ\}?|°|\\degree", ""),           # 90^\circ
     (r"\\?%", ""),                                   # 50\%
     (r"\\?\$|\\[()\[\]]", ""),                       # \$18.90, $x$, $$x$$, \(x\), \[x\]
-    (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),           # all real numbers
-    (r"\\varnothing|\\\{\s*\\\}", r"\\emptyset"),          # the empty set
+    (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),       # all real numbers
+    (r"\\varnothing|\\\{\s*\\\}", r"\\emptyset"),      # the empty set
     # one spelling per relation: x \geq 5, x \ge 5, x >= 5, x ≥ 5 are x>=5; x \approx 11 is x = 11
     (r"\\(?:leq?|leqslant)(?![A-Za-z])|=<", "<="), (r"\\(?:geq?|geqslant)(?![A-Za-z])|=>", ">="),
     (r"\\neq?(?![A-Za-z])", "!="), (r"\\lt(?![A-Za-z])", "<"), (r"\\gt(?![A-Za-z])", ">"),
@@ -259,6 +260,8 @@ def normalize_answer(answer: str) -> str:
     s = _UNIT_WORDS.sub("", s)
     # Spaces carry no meaning in math, except between letters: "\cot x" is not "\cotx".
     s = re.sub(r"(?<![A-Za-z]) | (?![A-Za-z])", "", re.sub(r"\s+", " ", s)).rstrip(".")
+    if s.startswith("{") and _is_wrapped(s):  # {1,2}: braces that only group, as a model writes a set
+        s = s[1:-1]
     s = re.sub(r"^\((?:[A-Za-z](?:_\w)?,)+[A-Za-z](?:_\w)?\)=", "", s)  # (p,q)=(3,2)
     s = re.sub(r"^[A-Za-z](?:_\w)?\\in(?![A-Za-z])", "", s)              # x\in[-2,7]
     if (named := _NAMED.match(s)) and not _has_variable(s[named.end():]):
@@ -424,6 +427,14 @@ def _is_equation(s):
     return len(_split_top_level(s, "=")) == 2
 
 
+def _named_value(s):
+    """The value a one-letter name is given on either side ('y=2x+3', 'f(x)=2x+3', '2x+3=y'); else s."""
+    if named := _NAMED.match(s):
+        return s[named.end():]
+    named_after = re.fullmatch(r"(.+)=[A-Za-z](?:_\w)?", s)
+    return named_after[1] if named_after else s
+
+
 def _deep_equal(a, b):
     """Equality of normalised answers that _quick_verdict could not settle; b is the reference. Slow: may
     run sympy, so grade() runs it in a worker with a time limit."""
@@ -432,7 +443,7 @@ def _deep_equal(a, b):
     if _is_equation(a) or _is_equation(b):
         if _is_equation(a) and _is_equation(b):
             return _equations_equal(a, b)
-        a, b = _NAMED.sub("", a, count=1), _NAMED.sub("", b, count=1)  # "y=2x" against a bare "2x"
+        a, b = _named_value(a), _named_value(b)  # "y=2x" against a bare "2x"
         return not (_is_equation(a) or _is_equation(b)) and answers_equal(a, b)
     structure_a, structure_b = _structure(a), _structure(b)
     if bool(structure_a) != bool(structure_b) and (structure_a or structure_b)[0] == "set":

@@ -185,6 +185,7 @@ def test_inequalities_by_canonical_form_or_solution_set(response, reference, rig
     ("\\boxed{y = -\\frac{1}{2}x + \\frac34}", "2x + 4y - 3 = 0", True),       # rearranged and scaled
     ("\\boxed{10x - 14y + 22z + 8 = 0}", "5x - 7y + 11z + 4 = 0", True), ("\\boxed{-y = -2x - 3}", "y = 2x + 3", True),
     ("\\boxed{y = 2x + 3}", "2x + 3", True), ("\\boxed{f(x) = 2x + 3}", "2x + 3", True),  # a named value
+    ("\\boxed{3 + 2x = y}", "2x + 3", True), ("\\boxed{5 = x}", "x = 5", True),
     ("\\boxed{y = 2x - 3}", "y = 2x + 3", False), ("\\boxed{x^2 = 4}", "x = 2", False),
     ("\\boxed{0 = 0}", "y = 2x + 3", False), ("\\boxed{2x + 4y = 0}", "2x + 4y - 3 = 0", False),
 ])
@@ -213,7 +214,7 @@ def test_matrices_entry_by_entry(response, reference, right):
 
 @pytest.mark.parametrize("response, reference, right", [
     ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3, \\pi/2)", True), ("\\boxed{(p, q) = (3, 2)}", "(3, 2)", True),
-    ("\\boxed{\\{2, 1\\}}", "1, 2", True), ("\\boxed{\\left(-\\infty, 2\\right]}", "(-\\infty, 2]", True),
+    ("\\boxed{\\{2, 1\\}}", "1, 2", True), ("\\boxed{{1, 2}}", "\\{2, 1\\}", True), ("\\boxed{\\left(-\\infty, 2\\right]}", "(-\\infty, 2]", True),
     ("\\boxed{(0,9)\\cup(9,36)}", "(9, 36) \\cup (0, 9)", True), ("\\boxed{\\mathbb{R}}", "(-\\infty, \\infty)", True),
     ("\\boxed{y = 2, x = 3}", "(3, 2)", True), ("\\boxed{\\varnothing}", "\\emptyset", True),
     ("\\boxed{(3, 2)}", "(2, 3)", False), ("\\boxed{(p, q) = (2, 3)}", "(3, 2)", False),
