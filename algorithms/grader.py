@@ -232,9 +232,9 @@ _NAMED = re.compile(r"^[A-Za-z](?:_\w)?(?:\([a-z]\))?=(?![=<>])")  # "x=", "a_1=
 
 def _unwrap_text(match):
     """\\text{(C)} is the answer (C); \\text{ cm}^2 ending an answer right after a value (15\\text{ cm},
-    \\frac{1}{2}\\text{ inch}, 3\\text{ m/s}) is a unit and goes; other words stay."""
+    \\frac{1}{2}\\text{ inch}, 3\\text{ m/s}, 7\\pi\\text{ units}) is a unit and goes; other words stay."""
     before, after = match.string[:match.start()], match.string[match.end():]
-    is_unit = (re.search(r"[\d}]\s*$", before) and not after.strip()
+    is_unit = (re.search(r"[\w}]\s*$", before) and not after.strip()
                and re.fullmatch(r"[A-Za-z /]*", match.group(1)))
     return "" if is_unit else match.group(1) + (match.group(2) or "")
 

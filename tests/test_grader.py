@@ -227,7 +227,8 @@ def test_sets_intervals_and_tuples(response, reference, right):
 
 @pytest.mark.parametrize("response, reference, right", [
     ("\\boxed{125\\textnormal{ miles}}", "125", True), ("\\boxed{3\\,\\text{m/s}}", "3", True),
-    ("\\boxed{12 \\mathrm{cm}^2}", "12", True), ("\\boxed{\\text{odd}}", "odd", True),
+    ("\\boxed{12 \\mathrm{cm}^2}", "12", True), ("\\boxed{7\\pi\\text{ units}}", "7\\pi", True),
+    ("\\boxed{\\text{odd}}", "odd", True),
     ("\\boxed{\\textbf{Odd}}", "odd", True),
     ("\\boxed{126\\textnormal{ miles}}", "125", False), ("\\boxed{\\text{even}}", "odd", False),
 ])
