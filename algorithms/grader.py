@@ -285,15 +285,22 @@ _SLASH_FRACTION = re.compile(r"([-+]?\d+)/(\d+)")
 # \frac{3}{4}, \frac34, -\frac{3}{8}, and mixed numbers 1\frac{4}{5} = 9/5
 _LATEX_FRACTION = re.compile(r"(-?)(\d*)\\frac(?:\{(-?\d+)\}|(\d))(?:\{(-?\d+)\}|(\d))")
 _DECIMAL_PLACES = re.compile(r"\d*\.(\d+)")
+_REPEATING_DECIMAL = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")  # 0.1\overline{6} = 1/6
 
 
 def _as_number(s):
-    """'-3', '0.5', '.35625', '3/4', '\\frac{-3}{4}', '1\\frac{4}{5}' as an exact Fraction; else None."""
+    """'-3', '0.5', '.35625', '3/4', '\\frac{-3}{4}', '1\\frac{4}{5}', '0.\\overline{3}' as an exact Fraction;
+    else None."""
     try:
         if _DECIMAL.fullmatch(s):
             return Fraction(s)
         if m := _SLASH_FRACTION.fullmatch(s):
             return Fraction(int(m.group(1)), int(m.group(2)))
+        if m := _REPEATING_DECIMAL.fullmatch(s):
+            sign, whole, once, repeated = m[1], m[2], m[3], m[4]
+            value = int(whole or 0) + Fraction(int(once + repeated) - int(once or 0),
+                                               10 ** len(once) * (10 ** len(repeated) - 1))
+            return -value if sign else value
         if m := _LATEX_FRACTION.fullmatch(s):
             sign, whole, numerator, denominator = m[1], m[2], m[3] or m[4], m[5] or m[6]
             value = int(whole or 0) + Fraction(int(numerator), int(denominator))
@@ -305,9 +312,9 @@ def _as_number(s):
 
 def _stated_precision(reference):
     """Half a unit in the last decimal place the reference writes (0.005 for 17.25), None if it writes no
-    decimal: then it is exact."""
+    decimal or a repeating one (0.1\\overline{6}): then it is exact."""
     places = [len(digits) for digits in _DECIMAL_PLACES.findall(reference)]
-    return Fraction(1, 2 * 10 ** max(places)) if places else None
+    return Fraction(1, 2 * 10 ** max(places)) if places and "\\overline" not in reference else None
 
 
 def _numbers_equal(response, reference, precision):
@@ -470,11 +477,13 @@ def answers_equal(a: str, b: str) -> bool:
     return verdict if verdict is not None else _deep_equal(a, b)
 
 
-# The sympy names an answer may use (besides single-letter symbols), and the LaTeX commands that become
-# them; any other command (\alpha, \binom, ...) leaves the answer to the string comparison.
-_SAFE_NAMES = {"pi", "oo", "I", "E", "sin", "cos", "tan", "cot", "sec", "csc", "log", "exp", "factorial"}
+# The sympy names an answer may use (besides single-letter symbols and Greek letters), and the LaTeX commands
+# that become them; any other command (\mathbb, \operatorname, ...) leaves the answer to the string comparison.
+_FUNCTIONS = ("sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "log", "exp")
+_SAFE_NAMES = {"pi", "oo", "I", "E", "factorial", *_FUNCTIONS}
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "phi", "rho", "sigma", "tau", "omega", "mu"}
 _COMMANDS = {"pi": "pi", "infty": "oo", "cdot": "*", "times": "*", "div": "/", "ln": "log",
-             **{name: name for name in ("sin", "cos", "tan", "cot", "sec", "csc", "log", "exp")}}
+             "arcsin": "asin", "arccos": "acos", "arctan": "atan", **{name: name for name in (*_FUNCTIONS, *_GREEK)}}
 _COMMAND = re.compile(r"\\([A-Za-z]+)")
 _SAFE_PYTHON = re.compile(r"[0-9A-Za-z+\-*/()\s]*")  # no dot: no .attribute (decimals become fractions)
 
@@ -492,8 +501,9 @@ def _argument(s, i):
 
 
 def _latex_to_python(s):
-    """Translate answer LaTeX (\\frac, \\sqrt, ^, \\pi, n!, \\binom, decimals, implicit products) into sympy syntax.
-    Raises ValueError or LookupError on LaTeX we do not translate. Only safe if the result is whitelisted."""
+    """Translate answer LaTeX (\\frac, \\sqrt, ^, \\pi, \\log_2, n!, \\binom, decimals, implicit products) into
+    sympy syntax. Raises ValueError or LookupError on LaTeX we do not translate. Only safe if the result is
+    whitelisted."""
     s = re.sub(r"(\d*)\.(\d+)", lambda m: f"({int(m[1] + m[2])}/{10 ** len(m[2])})", s)  # 1.25 = 125/100, exact
     s = re.sub(r"(\d+)!", r"\\factorial{\1}", s)  # 3! (the factorial of a number only)
     out, i = [], 0
@@ -514,6 +524,9 @@ def _latex_to_python(s):
             k, i = _argument(s, i)
             n, k = _latex_to_python(n), _latex_to_python(k)
             out.append(f" (factorial({n})/(factorial({k})*factorial(({n})-({k})))) ")
+        elif command and command.group(1) == "log" and s.startswith("_", command.end()):  # \log_2 8
+            base, i = _argument(s, command.end() + 1)
+            out.append(f" (1/log({_latex_to_python(base)})) * log ")
         elif command and command.group(1) == "factorial":
             number, i = _argument(s, command.end())
             out.append(f" factorial({number}) ")
@@ -529,15 +542,16 @@ def _latex_to_python(s):
 
 
 def _sympy_parse(code, evaluate):
-    """sympy's parser on whitelisted code, with implicit products (2 pi, x(x+1)) and sin x."""
-    from sympy.parsing.sympy_parser import (implicit_application, implicit_multiplication, parse_expr,
-                                            standard_transformations)
+    """sympy's parser on whitelisted code, with implicit products (2 pi, x(x+1)), sin x and sin^2 x."""
+    from sympy.parsing.sympy_parser import (function_exponentiation, implicit_application, implicit_multiplication,
+                                            parse_expr, standard_transformations)
     import sympy
     # Only what a whitelisted answer can name: no builtins, nothing else from sympy.
     plumbing = ("Integer", "Float", "Rational", "Symbol", "Add", "Mul", "Pow")  # what the parser itself emits
     allowed = {"__builtins__": {}, **{name: getattr(sympy, name) for name in (*_SAFE_NAMES, *plumbing)}}
-    letters = {c: sympy.Symbol(c, real=True) for c in string.ascii_letters if c not in "IE"}  # x(x+1) is a product
-    transformations = standard_transformations + (implicit_multiplication, implicit_application)
+    letters = {c: sympy.Symbol(c, real=True) for c in (*string.ascii_letters, *_GREEK) if c not in "IE"}  # x(x+1)
+    transformations = standard_transformations + (implicit_multiplication, implicit_application,
+                                                  function_exponentiation)  # sin^2 x
     return parse_expr(code, local_dict=letters, global_dict=allowed, transformations=transformations,
                       evaluate=evaluate)
 
@@ -577,7 +591,8 @@ def _to_sympy(latex):
     except (ValueError, LookupError, RecursionError):
         return None
     names = re.findall(r"[A-Za-z]+", code)
-    if not _SAFE_PYTHON.fullmatch(code) or any(len(name) > 1 and name not in _SAFE_NAMES for name in names):
+    if not _SAFE_PYTHON.fullmatch(code) or any(len(name) > 1 and name not in _SAFE_NAMES | _GREEK
+                                               for name in names):
         return None
     unevaluated = _sympy_parse(code, evaluate=False)
     return None if _is_astronomical(unevaluated) else _sympy_parse(code, evaluate=True)

@@ -257,7 +257,7 @@ CASES = [Case(*case) for case in [
     ("control", False, "10", r"$\boxed{10}$ or $\boxed{11}$"),
     # --- a second batch, written after the grader passed the cases above and run once before any change: 10
     # of these 76 failed then (f(x) =, x = 3, y = -1 as a point, \varnothing, \binom, ½, √, a few-shot
-    # prompt's next "Question:", sin^2 x, set-builder notation); the last two still fail ------------------------
+    # prompt's next "Question:", sin^2 x, set-builder notation); set-builder notation still fails -----------
     ("multiple", True, r"\frac{-1+\sqrt5}2, \frac{-1-\sqrt5}2",
      r"By the quadratic formula, $\boxed{x = \frac{-1 \pm \sqrt{5}}{2}}$."),
     ("units_text", True, r"3\sqrt{2}", r"The side is $\boxed{3\sqrt{2}\text{ cm}}$."),

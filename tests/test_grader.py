@@ -214,7 +214,8 @@ def test_matrices_entry_by_entry(response, reference, right):
 
 @pytest.mark.parametrize("response, reference, right", [
     ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3, \\pi/2)", True), ("\\boxed{(p, q) = (3, 2)}", "(3, 2)", True),
-    ("\\boxed{\\{2, 1\\}}", "1, 2", True), ("\\boxed{{1, 2}}", "\\{2, 1\\}", True), ("\\boxed{\\left(-\\infty, 2\\right]}", "(-\\infty, 2]", True),
+    ("\\boxed{\\{2, 1\\}}", "1, 2", True), ("\\boxed{{1, 2}}", "\\{2, 1\\}", True),
+    ("\\boxed{\\left(-\\infty, 2\\right]}", "(-\\infty, 2]", True),
     ("\\boxed{(0,9)\\cup(9,36)}", "(9, 36) \\cup (0, 9)", True), ("\\boxed{\\mathbb{R}}", "(-\\infty, \\infty)", True),
     ("\\boxed{y = 2, x = 3}", "(3, 2)", True), ("\\boxed{\\varnothing}", "\\emptyset", True),
     ("\\boxed{(3, 2)}", "(2, 3)", False), ("\\boxed{(p, q) = (2, 3)}", "(3, 2)", False),
@@ -281,6 +282,10 @@ def test_unicode_math_is_read_as_latex(response, reference, right):
     ("$$\\boxed{7}$$", "7", True), ("\\boxed{3!}", "6", True), ("\\boxed{5!}", "100", False),
     ("\\boxed{120}", "\\binom{10}{3}", True), ("\\boxed{\\binom{10}{7}}", "\\binom{10}{3}", True),
     ("\\boxed{\\binom{10}{4}}", "120", False),
+    ("\\boxed{\\log_2 8}", "3", True), ("\\boxed{\\log_{3} 8}", "2", False),
+    ("\\boxed{1 - \\cos^2 x}", "\\sin^2 x", True),
+    ("\\boxed{\\arctan 1}", "\\frac{\\pi}{4}", True), ("\\boxed{2\\theta}", "\\theta + \\theta", True),
+    ("\\boxed{\\frac{1}{6}}", "0.1\\overline{6}", True), ("\\boxed{0.17}", "0.1\\overline{6}", False),
     ("\\boxed{\\cfrac{1}{3}}", "0.5", False),
 ])
 def test_latex_spellings(response, reference, right):
