@@ -12,20 +12,24 @@ What counts as equal (the response's answer first, the reference's second):
 * numbers: integers and fractions exactly (0.5 = 1/2 = \\frac12; two 400-digit numbers that differ in the
   last digit differ). A decimal is exact too, except that a DECIMAL REFERENCE only states its own precision:
   a response equals it if it rounds to it (1/3 equals a reference 0.33; 17 never equals a reference 17.001,
-  and 0.3333 never equals a reference 1/3 or 3.14 a reference \\pi).
+  and 0.3333 never equals a reference 1/3 or 3.14 a reference \\pi). A percentage is both its number and its
+  hundredths (10\\% is 10 and 0.1).
 * expressions: equal by sympy after our own LaTeX translation (\\sqrt{8} = 2\\sqrt{2}, x(x+1) = x^2+x).
 * equations: equal when one is a nonzero multiple of the other after moving everything to one side
-  (y = -\\frac12x + \\frac34 equals 2x + 4y - 3 = 0); "y = 2x" also equals a bare 2x.
+  (y = -\\frac12x + \\frac34 equals 2x + 4y - 3 = 0); "y = 2x" also equals a bare 2x, and an equation linear
+  in its one unknown equals its root (x - 5 = 0 and 5; not x^2 = 25 and 5).
 * inequalities: equal when their canonical forms are positive multiples (x \\geq 5, 5 \\le x, -x <= -5), or
   when their solution sets on the real line are the same, also against intervals (-2 < x < 2 is (-2, 2),
   x \\neq 1 is (-\\infty, 1) \\cup (1, \\infty)).
 * structures: tuples and intervals in order, with their open/closed ends; sets, unions and several answers
-  (1, 2 or \\boxed{1}\\boxed{2} or "1 and 2" or x = 1 or x = 2) as unordered collections; matrices (pmatrix,
-  bmatrix, array) entry by entry, with the same shape.
+  (1, 2 or \\boxed{1}\\boxed{2} or "1 and 2" or x = 1 or x = 2) as sets (each element of one equals one of
+  the other); matrices (pmatrix, bmatrix, array) entry by entry, with the same shape; a one-row or one-column
+  matrix is the tuple of its entries, and x = 3, y = -1 is the point (3, -1).
 * words: \\text{odd} and odd, case-insensitively; units after a value are dropped (125\\textnormal{ miles}).
 
 What is not equal: anything sympy cannot read safely or within the time limit, a tuple and a set, an ordered
-tuple in another order, a word and a number, a response that hit the length limit.
+tuple in another order, a word and a number, an inequality in another variable (y > 0 and x > 0), several
+answers against one of them, a response that hit the length limit.
 
 The pipeline runs cheapest first:
 
@@ -37,7 +41,8 @@ The pipeline runs cheapest first:
 2. normalize_answer  drop LaTeX that does not change the value: \\left, \\dfrac, spacing, $, %, degrees,
                      units, thousands separators, a leading "x =" before a value; one spelling for relations
                      (\\ge, >=, ≥ -> >=) and for several answers ("1 and 2" -> 1,2); Unicode minus and the like.
-3. _quick_verdict    equal strings, or equal numbers (above). This settles most answers in microseconds.
+3. _quick_verdict    equal strings, or equal numbers or percentages (above). This settles most answers in
+                     microseconds.
 4. _deep_equal       relations, equations and structures, then everything else with sympy. sympy is slow and
                      can blow up, so grade() and grade_batch() run this step in worker processes, started on
                      first need, that are killed and replaced when they overrun the time limit (TIMEOUT); a
@@ -59,6 +64,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from fractions import Fraction
 
 TIMEOUT = 2.0                   # seconds per answer that needs sympy; a timeout counts as wrong
@@ -72,7 +78,8 @@ POOL_SIZE = min(4, os.cpu_count() or 1)
 _UNICODE = str.maketrans({"\u2212": "-", "\u00d7": "\\times ", "\u00f7": "\\div ", "\u2264": "\\le ",
                           "\u2265": "\\ge ", "\u2260": "\\ne ", "\u00b7": "\\cdot ", "\u22c5": "\\cdot ",
                           "\u03c0": "\\pi ", "\u221e": "\\infty ", "\u221a": "\\sqrt ", "\u00bd": "\\frac{1}{2}",
-                          "\u00bc": "\\frac{1}{4}", "\u00be": "\\frac{3}{4}",
+                          "\u00bc": "\\frac{1}{4}", "\u00be": "\\frac{3}{4}", "\u2044": "/",
+                          "\u00b2": "^2", "\u00b3": "^3",
                           "\u00a0": " ", "\u2009": " ", "\u202f": " "})  # no-break and thin spaces
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ def extract_answer(text: str) -> str | None:
         return hashes[-1].strip()
     if said:
         return last_said or None
-    text = text.strip()
+    text = text.strip().strip("*").strip()  # a bare answer in markdown bold: **12**
     if _is_bare_answer(text):
         return text
     spans = list(_MATH_SPAN.finditer(text))
@@ -213,6 +220,7 @@ _REWRITES = [  # (pattern, replacement): LaTeX habits that do not change the val
     (r"\\?\$|\\[()\[\]]", ""),                       # \$18.90, $x$, $$x$$, \(x\), \[x\]
     (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),       # all real numbers
     (r"\\varnothing|\\\{\s*\\\}", r"\\emptyset"),      # the empty set
+    (r"\\[lr]?vert(?![A-Za-z])", "|"),                  # \lvert x \rvert is |x|
     # one spelling per relation: x \geq 5, x \ge 5, x >= 5, x ≥ 5 are x>=5; x \approx 11 is x = 11
     (r"\\(?:leq?|leqslant)(?![A-Za-z])|=<", "<="), (r"\\(?:geq?|geqslant)(?![A-Za-z])|=>", ">="),
     (r"\\neq?(?![A-Za-z])", "!="), (r"\\lt(?![A-Za-z])", "<"), (r"\\gt(?![A-Za-z])", ">"),
@@ -336,9 +344,34 @@ def _quick_verdict(a, b):
     a_word, b_word = a.isalpha() and a.isascii(), b.isalpha() and b.isascii()
     if a_word and b_word:  # words ("Evelyn", "east", "C") compare without case; "xy" is a word too
         return a.lower() == b.lower()
-    if (a_word or x is not None) and (b_word or y is not None):
-        return False  # a word against a number
+    if (a_word and len(a) > 1 or x is not None) and (b_word and len(b) > 1 or y is not None):
+        return False  # a word against a number (but e may be 2.718 and x may be 5: sympy decides)
     return None
+
+_PERCENT = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*\\?%\s*")
+
+
+def _as_hundredths(answer):
+    """A percentage as the number it is: '10\\%' -> '10/100' (exact), '12.5%' -> '0.125' (a decimal, with the
+    precision it states); None for anything else."""
+    percent = _PERCENT.fullmatch(answer)
+    if percent is None:
+        return None
+    number = percent[1]
+    return str(Decimal(number).scaleb(-2)) if "." in number else f"{number}/100"
+
+
+def _cheap_verdict(a, b):
+    """(verdict or None, a normalised, b normalised) for extracted answers a (response) and b (reference).
+    A percentage equals both its number (the answer to "what percent?") and its hundredths: 10\\% is 10
+    and 0.1."""
+    a_normal, b_normal = normalize_answer(a), normalize_answer(b)
+    verdict = _quick_verdict(a_normal, b_normal)
+    a_hundredths, b_hundredths = _as_hundredths(a), _as_hundredths(b)
+    if verdict is False and (a_hundredths or b_hundredths):
+        verdict = _quick_verdict(a_hundredths or a_normal, b_hundredths or b_normal)
+    return verdict, a_normal, b_normal
+
 
 # ---------------------------------------------------------------------------------------------------------
 # 4. Deep equality: relations, equations and structures, then sympy. Runs in a worker (section 5).
@@ -451,7 +484,11 @@ def _deep_equal(a, b):
         if _is_equation(a) and _is_equation(b):
             return _equations_equal(a, b)
         a, b = _named_value(a), _named_value(b)  # "y=2x" against a bare "2x"
-        return not (_is_equation(a) or _is_equation(b)) and answers_equal(a, b)
+        if _is_equation(a):
+            return _linear_root_equal(a, b)  # "x-5=0" against 5
+        if _is_equation(b):
+            return _linear_root_equal(b, a)
+        return answers_equal(a, b)
     structure_a, structure_b = _structure(a), _structure(b)
     if bool(structure_a) != bool(structure_b) and (structure_a or structure_b)[0] == "set":
         structure_a, structure_b = structure_a or ("set", [a]), structure_b or ("set", [b])  # 5 is {5}
@@ -472,15 +509,14 @@ def _deep_equal(a, b):
 def answers_equal(a: str, b: str) -> bool:
     """Whether answer a (a response's) equals answer b (the reference's: its decimals state the precision).
     No time limit: grade() and grade_batch() add one."""
-    a, b = normalize_answer(a), normalize_answer(b)
-    verdict = _quick_verdict(a, b)
+    verdict, a, b = _cheap_verdict(a, b)
     return verdict if verdict is not None else _deep_equal(a, b)
 
 
 # The sympy names an answer may use (besides single-letter symbols and Greek letters), and the LaTeX commands
 # that become them; any other command (\mathbb, \operatorname, ...) leaves the answer to the string comparison.
 _FUNCTIONS = ("sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "log", "exp")
-_SAFE_NAMES = {"pi", "oo", "I", "E", "factorial", *_FUNCTIONS}
+_SAFE_NAMES = {"pi", "oo", "I", "E", "factorial", "Abs", *_FUNCTIONS}
 _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "theta", "phi", "rho", "sigma", "tau", "omega", "mu"}
 _COMMANDS = {"pi": "pi", "infty": "oo", "cdot": "*", "times": "*", "div": "/", "ln": "log",
              "arcsin": "asin", "arccos": "acos", "arctan": "atan", **{name: name for name in (*_FUNCTIONS, *_GREEK)}}
@@ -501,7 +537,7 @@ def _argument(s, i):
 
 
 def _latex_to_python(s):
-    """Translate answer LaTeX (\\frac, \\sqrt, ^, \\pi, \\log_2, n!, \\binom, decimals, implicit products) into
+    """Translate answer LaTeX (\\frac, \\sqrt, ^, |x|, \\pi, \\log_2, n!, \\binom, decimals, implicit products) into
     sympy syntax. Raises ValueError or LookupError on LaTeX we do not translate. Only safe if the result is
     whitelisted."""
     s = re.sub(r"(\d*)\.(\d+)", lambda m: f"({int(m[1] + m[2])}/{10 ** len(m[2])})", s)  # 1.25 = 125/100, exact
@@ -533,6 +569,10 @@ def _latex_to_python(s):
         elif command:
             out.append(f" {_COMMANDS[command.group(1)]} ")  # KeyError (a LookupError) if unknown
             i = command.end()
+        elif s[i] == "|":  # |x - 1|, not nested
+            end = s.index("|", i + 1)  # ValueError if it never closes
+            out.append(f" Abs({_latex_to_python(s[i + 1:end])}) ")
+            i = end + 1
         else:
             # In math mode every letter is its own symbol (xy is x*y); i and e are the constants.
             c = {"{": "(", "}": ")", "^": "**", "i": "I", "e": "E"}.get(s[i], s[i])
@@ -639,6 +679,19 @@ def _equations_equal(a, b):
         p, q = _difference(*_split_top_level(a, "=")), _difference(*_split_top_level(b, "="))
         return p is not None and q is not None and _constant_ratio(p, q) is not None
     except Exception:  # as in _sympy_equal
+        return False
+
+
+def _linear_root_equal(equation, value):
+    """Whether an equation linear in its one unknown (2x - 10 = 0) has the number value as its root."""
+    import sympy
+    try:
+        difference, number = _difference(*_split_top_level(equation, "=")), _to_sympy(value)
+        if difference is None or number is None or number.free_symbols or len(difference.free_symbols) != 1:
+            return False
+        unknown = next(iter(difference.free_symbols))
+        return sympy.degree(difference, unknown) == 1 and sympy.simplify(difference.subs(unknown, number)) == 0
+    except Exception:  # as in _sympy_equal (sympy.degree refuses what is not a polynomial)
         return False
 
 
@@ -824,8 +877,7 @@ def _grade_in_process(response, reference, stopped):
     a, b = extract_answer(response), extract_answer(reference)
     if a is None or b is None:
         return False
-    a, b = normalize_answer(a), normalize_answer(b)
-    verdict = _quick_verdict(a, b)
+    verdict, a, b = _cheap_verdict(a, b)
     return (a, b) if verdict is None else verdict
 
 

@@ -89,10 +89,19 @@ def test_numbers(a, b, equal):
     ("0.3333", "1/3", False), ("3.14159", "\\pi", False),     # nor does a rounded answer to an exact one
     ("1/3", "0.33", True), ("0.333", "0.33", True),         # but a reference 0.33 states two decimals
     ("0.34", "0.33", False), ("2.4", "2.45", False),
-    ("\\pi", "3.14", True), ("\\frac{\\sqrt{2}}{2}", "0.707", True),
+    ("\\pi", "3.14", True), ("\\frac{\\sqrt{2}}{2}", "0.707", True), ("e", "2.718", True), ("e", "2.719", False),
     ("\\sqrt{2}", "1.41", True), ("\\sqrt{2}", "1.42", False),
 ])
 def test_decimal_reference_states_its_precision(response, reference, equal):
+    assert grade(f"\\boxed{{{response}}}", reference) == equal
+
+
+@pytest.mark.parametrize("response, reference, equal", [
+    ("10\\%", "10", True), ("10\\%", "0.1", True), ("0.1", "10\\%", True), ("12.5%", "\\frac18", True),
+    ("\\frac13", "33.3\\%", True),                  # 0.333, the precision the reference states
+    ("10", "0.1", False), ("1\\%", "0.1", False), ("0.1", "1\\%", False),
+])
+def test_a_percentage_is_its_number_and_its_hundredths(response, reference, equal):
     assert grade(f"\\boxed{{{response}}}", reference) == equal
 
 
@@ -176,6 +185,7 @@ def test_multiple_answers_are_an_unordered_collection(response, reference, right
     ("\\boxed{y \\ge 5}", "x \\ge 5", False), ("\\boxed{-2 < x < 2}", "[-2, 2]", False),
     ("\\boxed{x \\ge 5}", "5", False),
     ("\\boxed{x + y < 1}", "x + y \\le 1", False),
+    ("\\boxed{|x - 1| \\le 2}", "[-1, 3]", True), ("\\boxed{\\lvert x \\rvert > 2}", "[-2, 2]", False),
 ])
 def test_inequalities_by_canonical_form_or_solution_set(response, reference, right):
     assert grade(response, reference) == right
@@ -188,6 +198,8 @@ def test_inequalities_by_canonical_form_or_solution_set(response, reference, rig
     ("\\boxed{3 + 2x = y}", "2x + 3", True), ("\\boxed{5 = x}", "x = 5", True),
     ("\\boxed{y = 2x - 3}", "y = 2x + 3", False), ("\\boxed{x^2 = 4}", "x = 2", False),
     ("\\boxed{0 = 0}", "y = 2x + 3", False), ("\\boxed{2x + 4y = 0}", "2x + 4y - 3 = 0", False),
+    ("\\boxed{x - 5 = 0}", "x = 5", True), ("\\boxed{2x = 10}", "5", True),    # the root of a linear equation
+    ("\\boxed{x - 5 = 0}", "4", False), ("\\boxed{x^2 = 25}", "5", False),   # x^2 = 25 has two roots
 ])
 def test_equations_equal_up_to_a_nonzero_factor(response, reference, right):
     assert grade(response, reference) == right
@@ -247,6 +259,7 @@ def test_units_and_text(response, reference, right):
     ("The line is $y = 2x + 3$.", "y = 2x + 3"), ("The roots are $x = \\pm 2$", "x = \\pm 2"),
     ("Answer: 36 marbles", "36 marbles"),
     ("We get $x = 5$ so she has 7 apples left", "7"),   # the last value stated, in math or not
+    ("**12**", "12"),                                    # a bare answer in markdown bold
 ])
 def test_answers_without_a_box(response, answer):
     assert extract_answer(response) == answer
@@ -270,6 +283,7 @@ def test_a_response_that_changes_its_mind_is_graded_on_its_final_answer(response
     ("\\boxed{x \u2260 2}", "x \\neq 2", True),
     ("\\boxed{5\u00a0000}", "5000", True), ("\\boxed{2\u03c0}", "2\\pi", True),
     ("\\boxed{\u00bd}", "0.5", True), ("\\boxed{\u221a8}", "2\\sqrt{2}", True),
+    ("\\boxed{3\u20442}", "1.5", True), ("\\boxed{x\u00b2 - 1}", "(x - 1)(x + 1)", True),
     ("\\boxed{\u22125}", "5", False), ("\\boxed{x \u2265 5}", "x \\le 5", False),
 ])
 def test_unicode_math_is_read_as_latex(response, reference, right):
