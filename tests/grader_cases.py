@@ -6,6 +6,10 @@ such as SmolLM2 answer (steps, then a box, "The final answer is", a chat templat
 mind), and each answer is rewritten in the shapes that issue 18 lists. `verdict` is what a careful human
 grader says, checked by hand against the rules in algorithms/grader.py's docstring: is the response's final
 answer the reference's value? Negative controls (verdict False) sit in every kind.
+
+The first 206 cases were written with the grader's changes for issue 18; the second (76) and third (56)
+batches were each written in full and run once before the grader was changed again, so they show how it does
+on cases it was not shaped by. The cases it still misses stay in, with their verdicts.
 """
 from typing import NamedTuple
 
@@ -340,4 +344,64 @@ CASES = [Case(*case) for case in [
     ("units_text", True, "5", r"$\boxed{5\,\mathrm{m}}$"),
     ("units_text", True, "20", r"$\boxed{20 \text{ dollars}}$"),
     ("units_text", True, "4", r"$\boxed{4 \text{ units}^2}$"),
+    # --- a third batch of 56, written and run the same way: no false positive, 11 misses then; 60^\circ for
+    # \pi/3, an en dash for a minus and "(D)" in a sentence still fail ----------------------------------------
+    ("number", True, "0.1", r"$\boxed{10\%}$"),
+    ("number", True, r"10\%", r"$\boxed{0.1}$"),
+    ("number", False, "0.1", r"$\boxed{10}$"),
+    ("equation", True, "x = 5", r"$\boxed{x - 5 = 0}$"),
+    ("equation", False, "y = x^2", r"$\boxed{y = x^3}$"),
+    ("equation", True, "y = x^2 - 4x + 3", r"$\boxed{y = (x-1)(x-3)}$"),
+    ("inequality", True, r"x \in [-1, 1]", r"$\boxed{|x| \le 1}$"),
+    ("inequality", True, r"(-\infty, 0) \cup (0, \infty)", r"$\boxed{x \neq 0}$"),
+    ("inequality", False, r"(-\infty, 0) \cup (0, \infty)", r"$\boxed{x > 0}$"),
+    ("inequality", True, r"\left[ -\frac{1}{2}, 3 \right)", r"$\boxed{-\frac12 \le x < 3}$"),
+    ("structure", True, r"(1, -2, 3)", r"$\boxed{\left(1,-2,3\right)}$"),
+    ("structure", False, r"(1, -2, 3)", r"$\boxed{(1, 2, 3)}$"),
+    ("structure", True, r"\{1, 3\}", r"$\boxed{x \in \{1, 3\}}$"),
+    ("structure", True, r"[2, 5]", r"$\boxed{\left[ 2, 5 \right]}$"),
+    ("multiple", True, "3, 4", r"The answers are $x=3$ and $x=4$. $\boxed{3, 4}$"),
+    ("multiple", True, r"1 \pm \sqrt{2}", r"$\boxed{1+\sqrt{2}, 1-\sqrt{2}}$"),
+    ("multiple", False, r"1 \pm \sqrt{2}", r"$\boxed{1+\sqrt{2}}$"),
+    ("matrix", True, r"\begin{pmatrix} 2 & 0 \\ 0 & 2 \end{pmatrix}",
+     r"$\boxed{\begin{pmatrix}2&0\\0&2\end{pmatrix}}$"),
+    ("matrix", True, r"\begin{pmatrix} \frac{1}{2} \\ \frac{\sqrt{3}}{2} \end{pmatrix}",
+     r"$\boxed{\begin{pmatrix} 0.5 \\ \sqrt{3}/2 \end{pmatrix}}$"),
+    ("units_text", True, r"\text{Monday}", r"The party is on $\boxed{\text{Monday}}$."),
+    ("units_text", True, "16", r"$\boxed{16 \text{ square feet}}$"),
+    ("units_text", True, "4", r"$\boxed{4\ \text{hours}}$"),
+    ("units_text", True, r"\text{(D)}", r"The correct option is $\boxed{\text{D}}$"),
+    ("units_text", True, r"\text{(D)}", "The correct option is (D)."),
+    ("unboxed", True, "12", "Therefore, Sam has 12 marbles left."),
+    ("unboxed", True, "12", "**12**"),
+    ("unboxed", True, r"\frac{3}{5}", r"The probability is $\frac{3}{5}$, which is 0.6 as a decimal."),
+    ("unboxed", True, "24", "Step 1: 4 * 6 = 24\nFinal Answer: The final answer is 24. I hope it is correct."),
+    ("unboxed", True, "24", "Step 1: 4 * 6 = 24\nFinal Answer: The final answer is $24$. I hope it is correct."),
+    ("changed_mind", True, "6", r"So $x = 5$. Wait, let me double-check: $2 \cdot 3 = 6$, so $x = 6$."),
+    ("decimal", True, "3.75", r"$\boxed{\frac{15}{4}}$"),
+    ("decimal", True, "2.718", r"$\boxed{e}$"),
+    ("decimal", False, "2.72", r"$\boxed{2.7}$"),
+    ("decimal", True, "1.0", r"$\boxed{1}$"),
+    ("decimal", False, "0.5", r"$\boxed{0.05}$"),
+    ("fraction", True, r"\frac{7}{3}", r"$\boxed{2\tfrac{1}{3}}$"),
+    ("fraction", True, r"-\frac{1}{2}", r"$\boxed{\frac{1}{-2}}$"),
+    ("latex", True, r"4\sqrt{2}", r"$\boxed{\sqrt{32}}$"),
+    ("latex", True, r"\frac{1+\sqrt{5}}{2}", r"$\boxed{\frac{\sqrt{5}+1}{2}}$"),
+    ("latex", False, r"\frac{1+\sqrt{5}}{2}", r"$\boxed{\frac{\sqrt{5}-1}{2}}$"),
+    ("latex", True, r"2^{100}", r"$\boxed{1267650600228229401496703205376}$"),
+    ("latex", True, r"i", r"$\boxed{\sqrt{-1}}$"),
+    ("latex", True, r"3 + 4i", r"$\boxed{4i + 3}$"),
+    ("latex", False, r"3 + 4i", r"$\boxed{3 - 4i}$"),
+    ("latex", True, r"\frac{\pi}{3}", r"$\boxed{60^\circ}$"),
+    ("control", False, r"\frac{\pi}{3}", r"$\boxed{\frac{\pi}{6}}$"),
+    ("control", False, "1", r"$\boxed{1^\infty}$"),
+    ("control", False, "2", r"$\boxed{2x}$"),
+    ("control", False, "(1, 2)", r"$\boxed{(1, 2, 1, 2)}$"),
+    ("control", False, r"\text{yes}", r"$\boxed{\text{no}}$"),
+    ("control", False, "3", r"$\boxed{3 \text{ or } 4}$"),
+    ("control", False, "x > 3", r"$\boxed{x > 3 \text{ or } x < 3}$"),
+    ("control", False, "3", r"$\boxed{\text{3 or more}}$"),
+    ("unicode", True, "-1", r"$\boxed{–1}$"),
+    ("unicode", True, r"\frac{3}{2}", r"$\boxed{3⁄2}$"),
+    ("unicode", True, "x^2", r"$\boxed{x²}$"),
 ]]
