@@ -455,6 +455,21 @@ def _as_point(structure):
     return "()", [match[2] for match in sorted(named, key=lambda match: match[1])]
 
 
+def _comparable_structures(a, b):
+    """The structures of a and b (see _structure), one read as the other's kind where it can be: a single
+    answer as a set of one (5 and {5}), a one-row or one-column matrix as a tuple, named values as a point."""
+    structure_a, structure_b = _structure(a), _structure(b)
+    if (structure_a is None) != (structure_b is None) and (structure_a or structure_b)[0] == "set":
+        return structure_a or ("set", [a]), structure_b or ("set", [b])
+    if structure_a and structure_b:
+        kinds = {structure_a[0][:6], structure_b[0][:6]}  # "matrix[2, 2]" is a matrix
+        if kinds == {"matrix", "()"}:
+            return _as_vector(structure_a), _as_vector(structure_b)
+        if kinds == {"set", "()"}:
+            return _as_point(structure_a), _as_point(structure_b)
+    return structure_a, structure_b
+
+
 def _same_elements(xs, ys):
     """Whether xs and ys hold the same elements, as sets: each x equals some y and each y some x (so
     "15\\frac{39}{40}, \\frac{639}{40}", one value written twice, is that value)."""
@@ -489,13 +504,7 @@ def _deep_equal(a, b):
         if _is_equation(b):
             return _linear_root_equal(b, a)
         return answers_equal(a, b)
-    structure_a, structure_b = _structure(a), _structure(b)
-    if bool(structure_a) != bool(structure_b) and (structure_a or structure_b)[0] == "set":
-        structure_a, structure_b = structure_a or ("set", [a]), structure_b or ("set", [b])  # 5 is {5}
-    if structure_a and structure_b and {structure_a[0][:6], structure_b[0][:6]} == {"matrix", "()"}:
-        structure_a, structure_b = _as_vector(structure_a), _as_vector(structure_b)  # (1, 2) is a vector
-    if structure_a and structure_b and {structure_a[0], structure_b[0]} == {"set", "()"}:
-        structure_a, structure_b = _as_point(structure_a), _as_point(structure_b)  # x=3, y=-1 is (3, -1)
+    structure_a, structure_b = _comparable_structures(a, b)
     if structure_a or structure_b:
         if not (structure_a and structure_b) or structure_a[0] != structure_b[0]:
             return False
