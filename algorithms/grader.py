@@ -723,44 +723,51 @@ def _canonical_relation(chain):
     return None if difference is None else (operator, sign * difference)
 
 
+_SYMPY_RELATIONS = {"<": "Lt", "<=": "Le", ">": "Gt", ">=": "Ge", "!=": "Ne"}
+
+
 def _real_set(s):
     """(the set of real numbers s describes, its variable or None) for an interval '(a,b]', a relation or a
-    chain of them in one variable '-2<x<=3', and unions (\\cup, ',', 'or') or intersections (\\cap) of them."""
+    chain of them in one variable '-2<x<=3', and unions (\\cup, ',', 'or') and intersections (\\cap, 'and') of
+    them. Raises ValueError on anything else."""
     import sympy
-    unions = [_split_top_level(part, "\\cap") for part in _split_top_level(s, "\\cup")]
-    parts = [piece.strip() for union in unions for piece in union]
-    if len(unions) == 1 and len(unions[0]) == 1 and len(items := _split_top_level(s, ",")) > 1:
-        unions, parts = [[item] for item in items], items  # x<-1,x>3: several answers, so either
     variables = set()
-    sets = {}
-    for part in parts:
+
+    def readable(latex):
+        expression = _to_sympy(latex)
+        if expression is None:
+            raise ValueError(f"not translatable: {latex}")
+        return expression
+
+    def solutions(part):
         if interval := _interval(part):
-            left, right = _to_sympy(interval[0]), _to_sympy(interval[1])
-            if left is None or right is None:
-                return None
-            sets[part] = sympy.Interval(left, right, interval[2], interval[3])
-        elif chain := _relation_chain(part):
-            sides = [_to_sympy(side) for side in chain[::2]]
-            if any(side is None for side in sides):
-                return None
-            variables |= set().union(*(side.free_symbols for side in sides))
-            if len(variables) != 1:
-                return None
-            variable = next(iter(variables))
-            operators = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "!=": sympy.Ne}
-            links = [operators[operator](left, right)
-                     for left, operator, right in zip(sides, chain[1::2], sides[1:])]
-            sets[part] = sympy.Intersection(*(sympy.solveset(link, variable, sympy.S.Reals) for link in links))
-        else:
-            return None
-    real_set = sympy.Union(*(sympy.Intersection(*(sets[piece.strip()] for piece in union)) for union in unions))
+            left, right, left_open, right_open = interval
+            return sympy.Interval(readable(left), readable(right), left_open, right_open)
+        chain = _relation_chain(part)
+        if chain is None:
+            raise ValueError(f"neither an interval nor a relation: {part}")
+        sides = [readable(side) for side in chain[::2]]
+        variables.update(*(side.free_symbols for side in sides))
+        if len(variables) != 1:
+            raise ValueError("not one variable")
+        variable = next(iter(variables))
+        links = [getattr(sympy, _SYMPY_RELATIONS[operator])(left, right)
+                 for left, operator, right in zip(sides, chain[1::2], sides[1:])]
+        return sympy.Intersection(*(sympy.solveset(link, variable, sympy.S.Reals) for link in links))
+
+    alternatives = _split_top_level(s, "\\cup")
+    if len(alternatives) == 1 and "\\cap" not in s:
+        alternatives = _split_top_level(s, ",")  # x<-1,x>3: several answers, so either
+    real_set = sympy.Union(*(sympy.Intersection(*(solutions(part.strip())
+                                                  for part in _split_top_level(alternative, "\\cap")))
+                             for alternative in alternatives))
     return real_set, next(iter(variables), None)
 
 
 def _relations_equal(a, b):
     """Inequalities: equal if one canonical form is a positive multiple of the other (-x > -1 and x < 1, in
     any number of variables), or if they describe the same set of reals (x^3 > 8 and x > 2, 5 <= x and
-    [5, \\infty))."""
+    [5, \\infty)) in the same variable."""
     import sympy
     try:
         chain_a, chain_b = _relation_chain(a), _relation_chain(b)
@@ -769,11 +776,11 @@ def _relations_equal(a, b):
             ratio = _constant_ratio(p, q) if operator_a == operator_b else None
             if ratio is not None and (operator_a == "!=" or ratio.is_positive):
                 return True
-        set_a, set_b = _real_set(a), _real_set(b)
-        if set_a is None or set_b is None or None not in (set_a[1], set_b[1]) and set_a[1] != set_b[1]:
+        (set_a, variable_a), (set_b, variable_b) = _real_set(a), _real_set(b)
+        if variable_a and variable_b and variable_a != variable_b:
             return False
-        return set_a[0] == set_b[0] or set_a[0].symmetric_difference(set_b[0]) == sympy.S.EmptySet
-    except Exception:  # as in _sympy_equal
+        return set_a == set_b or set_a.symmetric_difference(set_b) == sympy.S.EmptySet
+    except Exception:  # as in _sympy_equal; also _real_set's ValueError on what is no set of reals
         return False
 
 
