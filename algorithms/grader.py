@@ -286,7 +286,7 @@ def _has_variable(s):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 3. Quick verdicts: strings and plain numbers, exact, in-process
+# 3. Quick verdicts: strings, plain numbers and percentages, in-process
 
 _DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 _SLASH_FRACTION = re.compile(r"([-+]?\d+)/(\d+)")
@@ -374,7 +374,8 @@ def _cheap_verdict(a, b):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Deep equality: relations, equations and structures, then sympy. Runs in a worker (section 5).
+# 4. Structured comparison: relations, equations, tuples, sets, matrices; each part of them compared again.
+#    Runs in a worker (section 6), as it may reach sympy (section 5).
 
 
 def _split_top_level(s, separator):
@@ -520,6 +521,10 @@ def answers_equal(a: str, b: str) -> bool:
     No time limit: grade() and grade_batch() add one."""
     verdict, a, b = _cheap_verdict(a, b)
     return verdict if verdict is not None else _deep_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. sympy: expressions, equations and inequalities, translated by us from LaTeX, whitelisted, in a worker
 
 
 # The sympy names an answer may use (besides single-letter symbols and Greek letters), and the LaTeX commands
@@ -785,7 +790,7 @@ def _relations_equal(a, b):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 5. Time limit: sympy runs in worker processes that can be killed from any thread
+# 6. Time limit: sympy runs in worker processes that can be killed from any thread
 
 
 class _Worker:
@@ -868,7 +873,9 @@ atexit.register(_POOL.close)
 
 def _serve():
     """A worker's main loop: a JSON [a, b, timeout] per stdin line -> a JSON verdict per stdout line."""
-    _deep_equal("\\frac{\\sqrt{2}}{2}", "x(x+1)")  # pay for importing sympy before any time limit starts
+    # Pay for importing sympy (and its solvers, imported on first use) before any time limit starts.
+    _deep_equal("\\frac{\\sqrt{2}}{2}", "x(x+1)")
+    _deep_equal("x^2>=1", "(-\\infty,-1]\\cup[1,\\infty)")
     print("ready", flush=True)
     for line in sys.stdin:  # ends when the parent closes our stdin or dies
         a, b, timeout = json.loads(line)
@@ -883,7 +890,7 @@ def _serve():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 6. Grading
+# 7. Grading
 
 
 def _grade_in_process(response, reference, stopped):
