@@ -392,6 +392,9 @@ def test_hostile_text_is_never_executed(tmp_path):
 def test_time_limit_turns_a_hang_into_false():
     start = time.perf_counter()
     assert grade_batch([SLOW, "\\boxed{\\sqrt{8}}"], ["x", "2\\sqrt{2}"], timeout=0.5) == [False, True]
+    # an inequality and an equation whose comparison expands (x+y+z)^{10000}: the same limit holds
+    assert grade_batch(["\\boxed{(x+y+z)^{10000} > 1}", "\\boxed{(x+y+z)^{10000} = 1}"],
+                       ["x + y + z > 1", "x + y + z = 1"], timeout=0.5) == [False, False]
     assert grade(SLOW, "x") is False
     assert time.perf_counter() - start < 2 * NO_HANG
     assert grade("\\boxed{\\sqrt{8}}", "2\\sqrt{2}")  # the killed workers were replaced
