@@ -276,8 +276,8 @@ def normalize_answer(answer: str) -> str:
         s = s[named.end():]  # x=5, x=\frac{\pi}{2}, x=\text{Evelyn}; but y=2x+3 stays an equation
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):          # 1,234 but not the tuple (1,234)
         s = s.replace(",", "")
-    choice = re.fullmatch(r"\(([A-Z])\)", s)                        # (C) -> C
-    return choice.group(1) if choice else s
+    choice = re.fullmatch(r"\(([A-Z])\)|\(([A-E])\)[^,(].*", s)     # (C) and (C)4\sqrt{2}, its content -> C
+    return choice.group(1) or choice.group(2) if choice else s
 
 
 def _has_variable(s):

@@ -243,7 +243,9 @@ def test_sets_intervals_and_tuples(response, reference, right):
     ("\\boxed{12 \\mathrm{cm}^2}", "12", True), ("\\boxed{7\\pi\\text{ units}}", "7\\pi", True),
     ("\\boxed{\\text{odd}}", "odd", True),
     ("\\boxed{\\textbf{Odd}}", "odd", True),
+    ("\\boxed{\\text{(C) } 4\\sqrt{2}}", "\\text{(C)}", True),                 # a choice with its content
     ("\\boxed{126\\textnormal{ miles}}", "125", False), ("\\boxed{\\text{even}}", "odd", False),
+    ("\\boxed{(C) 4\\sqrt{2}}", "\\text{(D)}", False), ("\\boxed{(C), (D)}", "\\text{(C)}", False),
 ])
 def test_units_and_text(response, reference, right):
     assert grade(response, reference) == right
