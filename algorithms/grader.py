@@ -160,9 +160,9 @@ def _is_bare_answer(text):
 
 def _said_answer(text, said):
     """What 'the answer is ...' (the match `said` in text) says: up to the end of its sentence, without
-    markdown bold or dollars."""
+    markdown bold or dollars, and the result of a calculation ('$20 + 4 = 24$' says 24)."""
     line = text[said.end():].partition("\n")[0]
-    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip().strip("*$ ")
+    return _result_of(re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip().strip("*$ "))
 
 
 def _result_of(math):
@@ -171,6 +171,18 @@ def _result_of(math):
     sides = math.split("=")
     arithmetic = not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", sides[0]))
     return sides[-1].strip() if len(sides) > 2 or (len(sides) == 2 and arithmetic) else math.strip()
+
+
+def _final_spans(text, spans):
+    """The result the last math span states, with the spans right before it that it lists with ('$x = -4$ or
+    $x = 1$', '$2$, $3$ and $5$'); like boxes, a span after other words is a new answer."""
+    results = []
+    for span, following in zip(reversed(spans), [None, *reversed(spans)]):
+        between = text[span.end():following.start()] if following else ""
+        if not re.fullmatch(r"[\s,;]*(?:and|or)?[\s,;]*", between):
+            break
+        results.insert(0, _result_of(next(group for group in span.groups() if group is not None)))
+    return ", ".join(dict.fromkeys(results))
 
 
 def extract_answer(text: str) -> str | None:
@@ -196,8 +208,7 @@ def extract_answer(text: str) -> str | None:
     spans = list(_MATH_SPAN.finditer(text))
     numbers = list(_NUMBER.finditer(text))
     if spans and (not numbers or spans[-1].end() >= numbers[-1].end()):
-        span = spans[-1]
-        return _result_of(next(group for group in span.groups() if group is not None)) or None
+        return _final_spans(text, spans) or None
     return numbers[-1].group() if numbers else None
 
 

@@ -262,6 +262,9 @@ def test_units_and_text(response, reference, right):
     ("Answer: 36 marbles", "36 marbles"),
     ("We get $x = 5$ so she has 7 apples left", "7"),   # the last value stated, in math or not
     ("**12**", "12"),                                    # a bare answer in markdown bold
+    ("So $x = -4$ or $x = 1$.", "x = -4, x = 1"),         # spans listed together, like boxes
+    ("So $x = 3$. Then $y = 4$.", "y = 4"),
+    ("I forgot the 4 in the basket, so the answer is $20 + 4 = 24$.", "24"),  # the result of a calculation
 ])
 def test_answers_without_a_box(response, answer):
     assert extract_answer(response) == answer
