@@ -7,9 +7,9 @@ mind), and each answer is rewritten in the shapes that issue 18 lists. `verdict`
 grader says, checked by hand against the rules in algorithms/grader.py's docstring: is the response's final
 answer the reference's value? Negative controls (verdict False) sit in every kind.
 
-The first 206 cases were written with the grader's changes for issue 18; the second (76) and third (56)
-batches were each written in full and run once before the grader was changed again, so they show how it does
-on cases it was not shaped by. The cases it still misses stay in, with their verdicts.
+The first 206 cases were written with the grader's changes for issue 18; the second (76), third (56) and
+fourth (28) batches were each written in full and run once before the grader was changed again, so they show
+how it does on cases it was not shaped by. The cases it still misses stay in, with their verdicts.
 """
 from typing import NamedTuple
 
@@ -404,4 +404,52 @@ CASES = [Case(*case) for case in [
     ("unicode", True, "-1", r"$\boxed{–1}$"),
     ("unicode", True, r"\frac{3}{2}", r"$\boxed{3⁄2}$"),
     ("unicode", True, "x^2", r"$\boxed{x²}$"),
+    # --- a fourth batch of 28 longer responses, written and run the same way: 2 misses then (several spans,
+    # a calculation after "the answer is"), none now ---------------------------------------------------------
+    ("unboxed", True, "48", "Mara sold 36 pens in March." + NL
+     + "In April she sold a third as many: 36 / 3 = 12 pens." + NL
+     + "Altogether she sold 36 + 12 = 48 pens." + NL + "The answer is: 48"),
+    ("unboxed", True, "12", "Omar earns $18 an hour, which is $18 / 60 = $0.3 per minute." + NL
+     + "For 40 minutes he earned 0.3 x 40 = $12." + NL + NL + "So the answer is $12."),
+    ("unboxed", False, "12", "Omar earns $18 an hour, which is $18 / 60 = $0.3 per minute." + NL
+     + "For 40 minutes he earned 0.3 x 40 = $12." + NL + "Then he also got a $5 tip, so 12 + 5 = 17"),
+    ("unboxed", True, "25", "Lena needs $80. She has a quarter of it: $20. Her aunt gives $25 and her brother $10." + NL
+     + "She still needs 80 - 20 - 25 - 10 = 25 dollars." + NL + "#### 25"),
+    ("number", True, "42",
+     "Let's compute step by step.\n1. 6 * 7 = 42\n\nTherefore, the final answer is $\\boxed{42}$.<|im_end|>"),
+    ("number", True, "42",
+     "Step 1: 6 * 7 = 42.\nStep 2: check: 42 / 7 = 6.\n\nFinal Answer: The final answer is 42. I hope it is correct."
+     "\n\nProblem:\nWhat is 2 + 2?\n\nSolution: 4"),
+    ("number", False, "42", "Step 1: 6 * 7 = 48.\n\nFinal Answer: The final answer is 48. I hope it is correct."),
+    ("fraction", True, r"\frac{5}{12}", "We have $P = \\frac{10}{24}$, which simplifies to $\\frac{5}{12}$."),
+    ("fraction", False, r"\frac{5}{12}", "We have $P = \\frac{10}{24}$. Then multiply by 2 to get $P = \\frac{5}{6}$."),
+    ("equation", True, "y = 3x - 2",
+     "The slope is $m = \\frac{7 - 1}{3 - 1} = 3$, so $y - 1 = 3(x - 1)$, i.e. $\\boxed{y = 3x - 2}$."),
+    ("equation", True, "y = 3x - 2",
+     "The slope is 3 and the line passes through (1, 1), so its equation is $y - 1 = 3(x - 1)$."),
+    ("inequality", True, r"(-\infty, 2)",
+     "Subtracting 4 from both sides, $3x < 6$, so $x < 2$. In interval notation: $\\boxed{(-\\infty, 2)}$"),
+    ("inequality", True, r"(-\infty, 2)", "Subtracting 4 from both sides gives $3x < 6$, hence $x < 2$."),
+    ("structure", True, r"(2, -1)",
+     "Adding the equations, $2x = 4$ so $x = 2$; then $y = -1$. The solution is $(x, y) = (2, -1)$."),
+    ("structure", True, r"(2, -1)",
+     "Adding the equations gives $x = 2$, and substituting back, $y = -1$. So $\\boxed{x = 2, y = -1}$."),
+    ("multiple", True, r"-4, 1", "We factor: $x^2 + 3x - 4 = (x + 4)(x - 1) = 0$. So $x = -4$ or $x = 1$."),
+    ("multiple", True, r"-4, 1", "Factoring, $(x+4)(x-1)=0$, so the solutions are $\\boxed{-4}$ and $\\boxed{1}$."),
+    ("multiple", False, r"-4, 1",
+     "Factoring, $(x+4)(x-1)=0$, so the solution is $\\boxed{1}$ (we reject the negative one)."),
+    ("matrix", True, r"\begin{pmatrix} 3 \\ -1 \end{pmatrix}",
+     "So $\\mathbf{v} = \\boxed{\\begin{pmatrix} 3 \\\\ -1 \\end{pmatrix}}.$"),
+    ("units_text", True, "150", "The train travels $60 \\times 2.5 = 150$ km. The answer is 150 km."),
+    ("units_text", True, r"\text{Tuesday}",
+     "Counting forward 9 days from Sunday we land on Tuesday. The answer is Tuesday."),
+    ("changed_mind", True, "24",
+     "So there are 4 * 5 = 20 apples. Wait, I forgot the 4 in the basket: 20 + 4 = 24.\nThe answer is 24."),
+    ("changed_mind", True, "24",
+     "So there are $\\boxed{20}$ apples. Hmm, wait. I forgot the 4 in the basket, so the answer is $20 + 4 = 24$."),
+    ("decimal", True, "0.25", "The probability is $\\frac{1}{4}$, or $0.25$."),
+    ("unicode", True, "-3", "So x = −3."),
+    ("control", False, "7", "The answer is somewhere between 5 and 9."),
+    ("control", False, "7", "I cannot determine the answer from the information given."),
+    ("control", False, "7", "$\\boxed{7}$ or $\\boxed{8}$, depending on how you count."),
 ]]
