@@ -11,6 +11,7 @@ import pytest
 
 from algorithms.grader import (_grade_in_process, answers_equal, extract_answer, grade, grade_batch, has_answer,
                                normalize_answer)
+from grader_cases import CASES
 
 NO_HANG = 10.0  # seconds: generous, only to prove that nothing hangs; the time limit itself is 2 s
 BIG = "1234567890" * 40  # a 400-digit integer
@@ -309,6 +310,14 @@ def test_unicode_math_is_read_as_latex(response, reference, right):
 ])
 def test_latex_spellings(response, reference, right):
     assert grade(response, reference) == right
+
+
+def test_no_false_positive_among_the_hand_checked_cases():
+    # tests/grader_cases.py: every case whose hand verdict is False (near misses, gaming, a wrong answer in
+    # each shape of issue 18) must be graded False; the benchmark reports the agreement on all of them.
+    negatives = [case for case in CASES if not case.verdict]
+    verdicts = grade_batch([case.response for case in negatives], [case.reference for case in negatives])
+    assert [case for case, verdict in zip(negatives, verdicts) if verdict] == []
 
 
 # --- grading ---------------------------------------------------------------------------------------------
