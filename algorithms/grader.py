@@ -232,6 +232,8 @@ _REWRITES = [  # (pattern, replacement): LaTeX habits that do not change the val
     (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),       # all real numbers
     (r"\\varnothing|\\\{\s*\\\}", r"\\emptyset"),      # the empty set
     (r"\\[lr]?vert(?![A-Za-z])", "|"),                  # \lvert x \rvert is |x|
+    (r"(?<![\w)}])\u2013(?=\s*\d)", "-"),                 # an en dash before a number is a minus (3–5 is a range)
+    (r"^\s*\\\{\s*([A-Za-z])\s*(?:\\mid|\||:)(.*)\\\}\s*$", r"\2"),  # {x | x \neq 2} is the condition x \neq 2
     # one spelling per relation: x \geq 5, x \ge 5, x >= 5, x ≥ 5 are x>=5; x \approx 11 is x = 11
     (r"\\(?:leq?|leqslant)(?![A-Za-z])|=<", "<="), (r"\\(?:geq?|geqslant)(?![A-Za-z])|=>", ">="),
     (r"\\neq?(?![A-Za-z])", "!="), (r"\\lt(?![A-Za-z])", "<"), (r"\\gt(?![A-Za-z])", ">"),

@@ -187,6 +187,7 @@ def test_multiple_answers_are_an_unordered_collection(response, reference, right
     ("\\boxed{x \\ge 5}", "5", False),
     ("\\boxed{x + y < 1}", "x + y \\le 1", False),
     ("\\boxed{|x - 1| \\le 2}", "[-1, 3]", True), ("\\boxed{\\lvert x \\rvert > 2}", "[-2, 2]", False),
+    ("\\boxed{\\{x \\mid x \\neq 2\\}}", "x \\ne 2", True), ("\\boxed{\\{x : x > 2\\}}", "x \\ge 2", False),
 ])
 def test_inequalities_by_canonical_form_or_solution_set(response, reference, right):
     assert grade(response, reference) == right
@@ -290,6 +291,7 @@ def test_a_response_that_changes_its_mind_is_graded_on_its_final_answer(response
     ("\\boxed{5\u00a0000}", "5000", True), ("\\boxed{2\u03c0}", "2\\pi", True),
     ("\\boxed{\u00bd}", "0.5", True), ("\\boxed{\u221a8}", "2\\sqrt{2}", True),
     ("\\boxed{3\u20442}", "1.5", True), ("\\boxed{x\u00b2 - 1}", "(x - 1)(x + 1)", True),
+    ("\\boxed{\u20131}", "-1", True), ("\\boxed{3\u20135}", "-2", False),  # an en dash as a minus, not in a range
     ("\\boxed{\u22125}", "5", False), ("\\boxed{x \u2265 5}", "x \\le 5", False),
 ])
 def test_unicode_math_is_read_as_latex(response, reference, right):
