@@ -261,7 +261,7 @@ CASES = [Case(*case) for case in [
     ("control", False, "10", r"$\boxed{10}$ or $\boxed{11}$"),
     # --- a second batch, written after the grader passed the cases above and run once before any change: 10
     # of these 76 failed then (f(x) =, x = 3, y = -1 as a point, \varnothing, \binom, ½, √, a few-shot
-    # prompt's next "Question:", sin^2 x, set-builder notation); set-builder notation still fails -----------
+    # prompt's next "Question:", sin^2 x, set-builder notation), no false positive; all pass now -------------
     ("multiple", True, r"\frac{-1+\sqrt5}2, \frac{-1-\sqrt5}2",
      r"By the quadratic formula, $\boxed{x = \frac{-1 \pm \sqrt{5}}{2}}$."),
     ("units_text", True, r"3\sqrt{2}", r"The side is $\boxed{3\sqrt{2}\text{ cm}}$."),
@@ -345,7 +345,7 @@ CASES = [Case(*case) for case in [
     ("units_text", True, "20", r"$\boxed{20 \text{ dollars}}$"),
     ("units_text", True, "4", r"$\boxed{4 \text{ units}^2}$"),
     # --- a third batch of 56, written and run the same way: no false positive, 11 misses then; 60^\circ for
-    # \pi/3, an en dash for a minus and "(D)" in a sentence still fail ----------------------------------------
+    # \pi/3 (degrees are dropped, by policy) and "(D)" in a sentence still fail ---------------------------------
     ("number", True, "0.1", r"$\boxed{10\%}$"),
     ("number", True, r"10\%", r"$\boxed{0.1}$"),
     ("number", False, "0.1", r"$\boxed{10}$"),
