@@ -246,6 +246,10 @@ _REWRITES = [  # (pattern, replacement): LaTeX habits that do not change the val
 _REWRITES = [(re.compile(pattern, re.DOTALL), replacement) for pattern, replacement in _REWRITES]
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|textnormal|textit|mbox|mathrm|mathbf|mathit)\{([^{}]*)\}(\^\{?\d\}?)?")
 _UNIT_WORDS = re.compile(r"(?<=[\d}])\s+[A-Za-z]{2,}(?:\s+[A-Za-z]{2,})*$")  # 18 dollars, 3 square units
+# 125 thousand, 3\text{ million dollars}: a word that scales the value is no unit
+_SCALE_WORD = re.compile(r"(?<=[\d}])\s*(hundred|thousand|million|billion)(?![A-Za-z])", re.IGNORECASE)
+_SCALES = {"hundred": "2", "thousand": "3", "million": "6", "billion": "9"}
+_SCALE_STEM = re.compile("|".join(_SCALES), re.IGNORECASE)  # nor are hundreds, thousandths: they stay words
 _JOINING_WORD = re.compile(r"\s*\\text\{\s*(and|or)\s*\}\s*|\s+(and|or)\s+")  # 6 \text{ and } 8, x=1 or x=2
 _RELATION = re.compile(r"<=|>=|!=|<|>")
 _NAMED = re.compile(r"^[A-Za-z](?:_\w)?(?:\([a-z]\))?=(?![=<>])")  # "x=", "a_1=", "f(x)=" naming a value
@@ -256,7 +260,7 @@ def _unwrap_text(match):
     \\frac{1}{2}\\text{ inch}, 3\\text{ m/s}, 7\\pi\\text{ units}) is a unit and goes; other words stay."""
     before, after = match.string[:match.start()], match.string[match.end():]
     is_unit = (re.search(r"[\w}]\s*$", before) and not after.strip()
-               and re.fullmatch(r"[A-Za-z /]*", match.group(1)))
+               and re.fullmatch(r"[A-Za-z /]*", match.group(1)) and not _SCALE_STEM.search(match.group(1)))
     return "" if is_unit else match.group(1) + (match.group(2) or "")
 
 
@@ -278,7 +282,8 @@ def normalize_answer(answer: str) -> str:
         s = pattern.sub(replacement, s)
     s = _JOINING_WORD.sub(_join, s)
     s = _TEXT.sub(_unwrap_text, s).strip()
-    s = _UNIT_WORDS.sub("", s)
+    s = _SCALE_WORD.sub(lambda word: f"\\times10^{{{_SCALES[word[1].lower()]}}}", s)
+    s = _UNIT_WORDS.sub(lambda unit: "" if not _SCALE_STEM.search(unit[0]) else unit[0], s)
     # Spaces carry no meaning in math, except between letters: "\cot x" is not "\cotx".
     s = re.sub(r"(?<![A-Za-z]) | (?![A-Za-z])", "", re.sub(r"\s+", " ", s)).rstrip(".")
     if s.startswith("{") and _is_wrapped(s):  # {1,2}: braces that only group, as a model writes a set

@@ -248,6 +248,8 @@ def test_sets_intervals_and_tuples(response, reference, right):
     ("\\boxed{\\text{(C) } 4\\sqrt{2}}", "\\text{(C)}", True),                 # a choice with its content
     ("\\boxed{126\\textnormal{ miles}}", "125", False), ("\\boxed{\\text{even}}", "odd", False),
     ("\\boxed{(C) 4\\sqrt{2}}", "\\text{(D)}", False), ("\\boxed{(C), (D)}", "\\text{(C)}", False),
+    ("\\boxed{3\\text{ million dollars}}", "3000000", True), ("\\boxed{125 \\text{ thousand}}", "125", False),
+    ("\\boxed{7 thousandths}", "7", False),                                 # words that scale are no unit
 ])
 def test_units_and_text(response, reference, right):
     assert grade(response, reference) == right
