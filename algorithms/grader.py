@@ -230,9 +230,9 @@ _REWRITES = [  # (pattern, replacement): LaTeX habits that do not change the val
     (r"\\?%", ""),                                   # 50\%
     (r"\\?\$|\\[()\[\]]", ""),                       # \$18.90, $x$, $$x$$, \(x\), \[x\]
     (r"\\mathbb\{R\}", r"(-\\infty,\\infty)"),       # all real numbers
-    (r"\\varnothing|\\\{\s*\\\}", r"\\emptyset"),      # the empty set
-    (r"\\[lr]?vert(?![A-Za-z])", "|"),                  # \lvert x \rvert is |x|
-    (r"(?<![\w)}])\u2013(?=\s*\d)", "-"),                 # an en dash before a number is a minus (3–5 is a range)
+    (r"\\varnothing|\\\{\s*\\\}", r"\\emptyset"),    # the empty set
+    (r"\\[lr]?vert(?![A-Za-z])", "|"),               # \lvert x \rvert is |x|
+    (r"(?<![\w)}])\u2013(?=\s*\d)", "-"),            # an en dash before a number is a minus (3–5 is a range)
     (r"^\s*\\\{\s*([A-Za-z])\s*(?:\\mid|\||:)(.*)\\\}\s*$", r"\2"),  # {x | x \neq 2} is the condition x \neq 2
     # one spelling per relation: x \geq 5, x \ge 5, x >= 5, x ≥ 5 are x>=5; x \approx 11 is x = 11
     (r"\\(?:leq?|leqslant)(?![A-Za-z])|=<", "<="), (r"\\(?:geq?|geqslant)(?![A-Za-z])|=>", ">="),
@@ -283,7 +283,7 @@ def normalize_answer(answer: str) -> str:
     s = _JOINING_WORD.sub(_join, s)
     s = _TEXT.sub(_unwrap_text, s).strip()
     s = _SCALE_WORD.sub(lambda word: f"\\times10^{{{_SCALES[word[1].lower()]}}}", s)
-    s = _UNIT_WORDS.sub(lambda unit: "" if not _SCALE_STEM.search(unit[0]) else unit[0], s)
+    s = _UNIT_WORDS.sub(lambda unit: unit[0] if _SCALE_STEM.search(unit[0]) else "", s)
     # Spaces carry no meaning in math, except between letters: "\cot x" is not "\cotx".
     s = re.sub(r"(?<![A-Za-z]) | (?![A-Za-z])", "", re.sub(r"\s+", " ", s)).rstrip(".")
     if s.startswith("{") and _is_wrapped(s):  # {1,2}: braces that only group, as a model writes a set
