@@ -9,6 +9,10 @@
 * Hostile inputs: every one gets a verdict (never an exception) within the time limit plus slack.
 * Timing of every grade() call: median, p99, max and the slowest case. If math_verify is installed, it
   grades the same MATH-500 pairs and we print where the two disagree.
+* Hand-checked cases (tests/grader_cases.py: real-style responses in every shape of issue 18, and negative
+  controls): our grader and Math-Verify side by side, agreement with the hand verdicts per kind and in all,
+  the false positives of each, and the time per case. Math-Verify is not a dependency: `pip install
+  math-verify` for this comparison; without it only our column is printed.
 
 The last line printed is one JSON object with the figures.
 """
@@ -21,7 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from algorithms.grader import TIMEOUT, grade, normalize_answer  # noqa: E402
+from grader_cases import CASES  # noqa: E402
 
 HOSTILE = [
     "__import__('os').system('echo hi')", "().__class__.__bases__[0].__subclasses__()", "lambda: 1",
@@ -29,6 +35,7 @@ HOSTILE = [
     "{" * 5000 + "1" + "}" * 5000, "9" * 400, "(x+y+z)^{10000}", "\\sqrt{" * 100 + "2" + "}" * 100,
     "(" * 500 + "1" + ")" * 500, "\\frac{1}{0}", "0^{-1}", "\\boxed{" * 300, "1" * 5000,
     "(" * 160 + "1" + ",1)" * 160,
+    "the answer is 1" + " " * 40000 + "x", "\\(" * 20000,  # a quadratic regex would take many seconds on these
 ]
 SLACK = 5.0  # seconds on top of TIMEOUT: starting a fresh worker after one was killed
 TIMINGS = []  # (seconds, response, reference) of every grade() call
@@ -128,20 +135,70 @@ def check_hostile():
     return all_ok
 
 
-def compare_with_math_verify(pairs):
+def math_verify_grader():
+    """Math-Verify called plainly, as its README shows: verify(parse("$reference$"), parse(response)) (its
+    LaTeX parser needs the dollars); None if it is not installed."""
     try:
         from math_verify import parse, verify
     except ImportError:
-        print("math_verify not installed: skipping the side-by-side comparison")
+        return None
+    return lambda response, reference: bool(verify(parse(f"${reference}$"), parse(response)))
+
+
+def compare_with_math_verify(pairs):
+    math_verify = math_verify_grader()
+    if math_verify is None:
+        print("math_verify not installed: skipping the comparison on MATH-500")
         return
     disagreements = []
     for response, answer in pairs:
-        ours, theirs = grade(response, answer), verify(parse(f"${answer}$"), parse(response))
+        ours, theirs = grade(response, answer), math_verify(response, answer)
         if ours != theirs:
             disagreements.append((answer, response[-60:], f"ours={ours}", f"math_verify={theirs}"))
     print(f"math_verify disagrees on {len(disagreements)}/{len(pairs)} MATH-500 pairs:")
     for disagreement in disagreements:
         print("   ", disagreement)
+
+
+def side_by_side(cases):
+    """Our grader and Math-Verify on the hand-checked cases: agreement per kind and in all, false positives,
+    time per case, and every case we get wrong. Returns each grader's agreement and false positives."""
+    graders = {"ours": grade}
+    if theirs := math_verify_grader():
+        graders["math_verify"] = theirs
+    else:
+        print("math_verify not installed (pip install math-verify): only our grader on the hand-checked cases")
+    verdicts, seconds = {}, {}
+    for name, grader in graders.items():
+        verdicts[name], seconds[name] = [], []
+        for case in cases:
+            start = time.perf_counter()
+            verdicts[name].append(grader(case.response, case.reference))
+            seconds[name].append(time.perf_counter() - start)
+    kinds = list(dict.fromkeys(case.kind for case in cases))
+    print(f"\nhand-checked cases ({len(cases)}, {sum(not case.verdict for case in cases)} with verdict False): "
+          "agreement with the hand verdicts")
+    print(f"    {'kind':14s} {'cases':>5s}" + "".join(f" {name:>12s}" for name in graders))
+    for kind in kinds + ["all"]:
+        chosen = [i for i, case in enumerate(cases) if kind in ("all", case.kind)]
+        agree = {name: sum(verdicts[name][i] == cases[i].verdict for i in chosen) for name in graders}
+        print(f"    {kind:14s} {len(chosen):5d}" + "".join(f" {agree[name]:5d} {100 * agree[name] / len(chosen):5.1f}%"
+                                                    for name in graders))
+    figures = {}
+    for name in graders:
+        wrong = [(case, verdict) for case, verdict in zip(cases, verdicts[name]) if verdict != case.verdict]
+        false_positives = sum(verdict for _, verdict in wrong)
+        agreement = 1 - len(wrong) / len(cases)
+        print(f"{name}: agreement {100 * agreement:.1f}%, false positives {false_positives}/{len(cases)}, "
+              f"false negatives {len(wrong) - false_positives}; per case median "
+              f"{1e3 * statistics.median(seconds[name]):.3f} ms, mean {1e3 * statistics.mean(seconds[name]):.2f} ms, "
+              f"max {1e3 * max(seconds[name]):.0f} ms")
+        for case, verdict in wrong:
+            if verdict or name == "ours":  # the other grader's false negatives are in the table's counts
+                print(f"    {'FALSE POSITIVE' if verdict else 'false negative'} [{case.kind}] "
+                      f"{case.reference!r} <- {case.response[-70:]!r}")
+        figures[name] = {"agreement": round(agreement, 4), "false_positives": false_positives}
+    return figures
 
 
 def main():
@@ -161,6 +218,7 @@ def main():
                                                    [row["answer"].split("####")[-1] for row in gsm8k]])
     hostile_ok = check_hostile()
     compare_with_math_verify(math500_pairs)
+    cases = side_by_side(CASES)
 
     seconds = sorted(t for t, _, _ in TIMINGS)
     slowest = max(TIMINGS)
@@ -169,7 +227,8 @@ def main():
                "negative_controls": controls, "hostile_ok": hostile_ok, "grade_calls": len(seconds),
                "timeouts": sum(t >= TIMEOUT for t in seconds),
                "median_ms": round(1e3 * statistics.median(seconds), 3),
-               "p99_ms": round(1e3 * seconds[int(0.99 * len(seconds))], 1), "max_ms": round(1e3 * slowest[0])}
+               "p99_ms": round(1e3 * seconds[int(0.99 * len(seconds))], 1), "max_ms": round(1e3 * slowest[0]),
+               "cases": cases}
     print(f"per answer: median {figures['median_ms']} ms, p99 {figures['p99_ms']} ms, max {figures['max_ms']} ms "
           f"over {len(seconds)} grade() calls, {figures['timeouts']} of them timed out")
     print(f"slowest: {slowest[1][:60]!r} vs {slowest[2][:60]!r}")
