@@ -1,6 +1,6 @@
 """Benchmark the grader on real references (not a pytest test; run from the repo root):
 
-    python tests/bench_grader.py [--data-dir ../shared/data]
+    python tests/bench_grader.py --data-dir data     # data/math500/test.jsonl, data/gsm8k/test.jsonl (README)
 
 * MATH-500: each full `solution` must grade equal to its `answer` field; so must a few rewrites of the
   answer that mean the same (\\dfrac, a/b, a decimal, no \\left/\\right, spaces, "x = ...").
@@ -203,7 +203,8 @@ def side_by_side(cases):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="the folder that holds math500/test.jsonl and gsm8k/test.jsonl (see the README)")
     args = parser.parse_args()
     math500 = load_jsonl(args.data_dir / "math500" / "test.jsonl")
     gsm8k = load_jsonl(args.data_dir / "gsm8k" / "test.jsonl")
