@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from algorithms.common import at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
-from algorithms.models import SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, save_atomically, smollm2_checkpoint
+from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, save_atomically,
+                               save_checkpoint_folder, smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
@@ -68,10 +69,7 @@ TINY_MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, n
 def model_path(name, cache_dir):
     """What from_pretrained loads for --model: `tiny` and `smollm2` become folders in the cache."""
     if name == "tiny":
-        path = cache_dir / f"tiny-{settings_hash(TINY_MODEL)}"
-        if not path.exists():
-            build_tiny_model(path, TINY_MODEL)
-        return str(path)
+        return cached(cache_dir / f"tiny-{settings_hash(TINY_MODEL)}", lambda tmp: build_tiny_model(tmp, TINY_MODEL))
     return smollm2_checkpoint(cache_dir) if name == "smollm2" else name
 
 
@@ -717,21 +715,17 @@ def warm_up(cfg, train_problems):
     settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
                     problems=settings_hash([[p.question, p.solution] for p in train_problems]),
                     steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, dtype=cfg.dtype, seed=0)
-    path = cfg.cache_dir / f"warmup-{settings_hash(settings)}"
-    if not path.exists():
+
+    def build(folder):  # concurrent runs build it once (see models.cached); a killed one leaves no half of it
         model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
         torch.manual_seed(0)  # after loading: building the tiny model on a first run must not shift the data order
         supervised_finetune(model, tokenizer, train_problems, cfg, steps=cfg.sft_steps, desc="warm-up (SFT)")
-        save_atomically(path, model, tokenizer)  # a crash never leaves a half-written warm-up behind
-    return str(path)
+        save_checkpoint_folder(folder, model, tokenizer)
+    return cached(cfg.cache_dir / f"warmup-{settings_hash(settings)}", build)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: the policy as an HF folder, plus what resuming needs to continue exactly
-
-
-def first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def settings_hash(settings):
@@ -755,7 +749,6 @@ def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
                  torch_rng=torch.get_rng_state(),
                  cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
-    shutil.rmtree(path, ignore_errors=True)
     save_atomically(path, model, tokenizer, extra)
     (out / "latest.tmp").write_text(path.name)
     os.replace(out / "latest.tmp", out / "latest")

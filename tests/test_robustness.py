@@ -3,8 +3,10 @@ that cannot be written or hold a run already, damaged checkpoints, Ctrl-C, concu
 one line naming the flag, file or line (a non-zero status, no traceback), or carries on correctly."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,22 @@ def environment(cache):
 
 def minireason(*args, cache, timeout=300):
     return subprocess.run(command(*args), capture_output=True, text=True, env=environment(cache), timeout=timeout)
+
+
+def start(*args, cache, log):
+    """minireason in the background, its stdout and stderr going to the file `log`."""
+    with open(log, "w") as file:
+        return subprocess.Popen(command(*args), stdout=file, stderr=subprocess.STDOUT, text=True,
+                                env=environment(cache))
+
+
+def wait_for(log, text, process, seconds=240):
+    """Wait until `text` appears in the file `log` (while `process` runs)."""
+    deadline = time.time() + seconds
+    while text not in log.read_text():
+        assert process.poll() is None, f"ended before {text!r}:\n{log.read_text()[-2000:]}"
+        assert time.time() < deadline, f"no {text!r} after {seconds} s"
+        time.sleep(0.05)
 
 
 def one_line_error(result, status, message):
@@ -54,3 +72,46 @@ def test_a_bad_data_file_is_one_line_with_its_line_number(tmp_path, records, mes
     result = minireason("--data", data, "--out", tmp_path / "run", cache=tmp_path / "cache", timeout=60)
     one_line_error(result, 1, message)
     assert not (tmp_path / "cache").exists()  # refused before any model was built
+
+
+def test_concurrent_runs_from_an_empty_cache_build_the_warm_up_once(tmp_path):
+    cache = tmp_path / "cache"
+    runs = [start(*SMALL, "--steps", "1", "--out", tmp_path / f"run{i}", cache=cache, log=tmp_path / f"log{i}.txt")
+            for i in range(2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0], [(tmp_path / f"log{i}.txt").read_text()[-2000:]
+                                                               for i in range(2)]
+    logs = [(tmp_path / f"log{i}.txt").read_text() for i in range(2)]
+    assert sum("warm-up (SFT):" in log for log in logs) == 1  # one trained it, the other waited and reused it
+    assert any("waiting for another run to finish building" in log for log in logs)
+    assert len(list(cache.glob("warmup-*"))) == 1 and not list(cache.glob("*.tmp*"))
+
+
+def test_kill_9_during_the_warm_up_leaves_nothing_a_later_run_takes_for_whole(tmp_path):
+    cache, log = tmp_path / "cache", tmp_path / "log.txt"
+    process = start(*SMALL, "--steps", "1", "--out", tmp_path / "killed", cache=cache, log=log)
+    wait_for(log, "warm-up (SFT):", process)  # the tiny model is built, the warm-up trains under its lock
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not list(cache.glob("warmup-*"))
+    result = minireason(*SMALL, "--steps", "1", "--out", tmp_path / "again", cache=cache)  # the lock died with it
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "waiting for another run" not in result.stderr and "warm-up (SFT):" in result.stderr
+
+
+def test_a_build_killed_half_way_is_never_taken_for_whole_and_its_leftovers_go(tmp_path):
+    # a process killed (SIGKILL, by itself) half-way through writing a cache entry, and one still writing another
+    build = ("import os, sys; sys.path.insert(0, sys.argv[1]); from algorithms import models; "
+             "models.cached(sys.argv[2], lambda folder: (folder.mkdir(), (folder / 'config.json').write_text('{'), "
+             "os.kill(os.getpid(), 9)))")
+    killed = subprocess.run([sys.executable, "-c", build, str(ROOT), str(tmp_path / "cache" / "tiny-x")])
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "cache" / "tiny-x").exists() and list((tmp_path / "cache").glob("tiny-x.tmp*"))
+    writing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / "cache" / f"warmup-y.tmp{writing.pid}").mkdir()
+    try:
+        from algorithms import models
+        built = models.cached(tmp_path / "cache" / "tiny-x", lambda folder: folder.mkdir())
+    finally:
+        writing.kill()
+    assert Path(built).is_dir() and not list((tmp_path / "cache").glob("tiny-x.tmp*"))
+    assert (tmp_path / "cache" / f"warmup-y.tmp{writing.pid}").exists()  # its writer is alive: left alone
