@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 
-from algorithms.common import at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
+from algorithms.common import above, at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
                                save_atomically, save_checkpoint_folder, smollm2_checkpoint)
@@ -819,7 +819,7 @@ def build_parser():
     a("--max-new-tokens", type=at_least(1), help="response length limit; longer responses earn no reward")
     a("--temperature", type=at_least(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
     a("--top-k", type=at_least(0), default=0, help="sample from the k likeliest tokens only (0: all)")
-    a("--top-p", type=at_least(0.0, float, 1.0), default=1.0, help="sample from the smallest set with this probability")
+    a("--top-p", type=above(0.0, 1.0), default=1.0, help="sample from the smallest set with this probability")
     a = p.add_argument_group("the update").add_argument
     a("--lr", type=at_least(0.0, float), help="AdamW learning rate for RL")
     a("--epochs", type=at_least(1), default=1, help="passes over each rollout")
@@ -884,8 +884,11 @@ def parse_args(argv):
         steps_given = any(arg == "--steps" or arg.startswith("--steps=") for arg in argv)
         cfg = argparse.Namespace(**dict(saved, resume=cfg.resume, out=cfg.resume,
                                         steps=cfg.steps if steps_given else saved["steps"]))
+        algo = importlib.import_module(f"algorithms.{cfg.algo}")
     if cfg.temperature == 0 and not cfg.eval_only:
         p.error("--temperature 0: training samples (log-probs divide by the temperature); greedy is for --eval-only")
+    if cfg.group_size == 1 and hasattr(algo, "NEEDS_GROUPS") and not cfg.eval_only:
+        p.error(f"--group-size 1: --algo {cfg.algo} needs groups of 2 or more ({algo.NEEDS_GROUPS})")
     if cfg.partial_reward and hasattr(algo, "NO_PARTIAL_REWARD"):
         p.error(f"--partial-reward means nothing to --algo {cfg.algo}: {algo.NO_PARTIAL_REWARD}")
     cfg.cache_dir = Path(cfg.cache_dir).expanduser()

@@ -121,15 +121,34 @@ def clipped_policy_loss(logp, batch, cfg):
         "clip_fraction": (masked_sum(clipped.float(), mask) / batch.n_tokens).item()}
 
 
+def finite_number(text, kind):
+    """A command-line value as a finite number of `kind` (int or float), or the error argparse reports for its flag."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def at_least(minimum, kind=int, maximum=None):
     """A command-line type: a finite number >= minimum (and <= maximum); argparse names the flag in the error."""
     def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-        if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        value = finite_number(text, kind)
+        if value < minimum or (maximum is not None and value > maximum):
             bounds = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
-            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     return parse
+
+
+def above(minimum, maximum):
+    """A command-line type: a finite float > minimum and <= maximum (a share, say, where 0 would leave nothing)."""
+    def parse(text):
+        value = finite_number(text, float)
+        if not minimum < value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be above {minimum} and at most {maximum}, got {text}")
+        return value
+    return parse
+

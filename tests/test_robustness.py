@@ -54,6 +54,30 @@ def one_line_error(result, status, message):
     assert message in last, last
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "0"], "--temperature 0: training samples"),
+    (["--temperature", "nan"], "argument --temperature: must be a finite number, got nan"),
+    (["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
+    (["--lr", "nan"], "argument --lr: must be a finite number, got nan"),
+    (["--kl-coef", "nan"], "argument --kl-coef: must be a finite number, got nan"),
+    (["--top-p", "2"], "argument --top-p: must be above 0.0 and at most 1.0, got 2"),
+    (["--top-p", "0"], "argument --top-p: must be above 0.0 and at most 1.0, got 0"),
+    (["--group-size", "1"], "--group-size 1: --algo grpo needs groups of 2 or more"),
+    (["--algo", "dpo", "--group-size", "1"], "--group-size 1: --algo dpo needs groups of 2 or more"),
+    (["--algo", "reinforce_rej", "--group-size", "1"], "--group-size 1: --algo reinforce_rej needs groups of 2"),
+])
+def test_a_bad_flag_is_one_line_from_the_parser(tmp_path, flags, message):
+    result = minireason(*flags, "--out", tmp_path / "run", cache=tmp_path / "cache", timeout=60)
+    one_line_error(result, 2, message)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_group_size_1_is_fine_where_no_group_is_needed():
+    import minireason as M
+    for algo in ("raft", "raftpp", "reinforce", "ppo", "sft"):
+        assert M.parse_args(["--algo", algo, "--group-size", "1"]).group_size == 1
+
+
 def write_jsonl(path, records):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     return path
