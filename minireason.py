@@ -35,7 +35,7 @@ from tqdm import tqdm
 from algorithms.common import above, at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
-                               save_atomically, save_checkpoint_folder, smollm2_checkpoint)
+                               resumable_run, save_atomically, save_checkpoint_folder, smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
@@ -876,11 +876,7 @@ def parse_args(argv):
         p.set_defaults(**importlib.import_module("algorithms.compare").DEFAULTS)
     cfg = p.parse_args(argv)
     if cfg.resume:  # the run's own config; only --steps may change
-        try:
-            saved = json.loads((Path(cfg.resume) / "config.json").read_text())
-            (Path(cfg.resume) / "latest").read_text()
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"--resume {cfg.resume}: not a run folder with a checkpoint ({first_line(e)})")
+        saved = resumable_run(Path(cfg.resume), fields=vars(cfg))
         steps_given = any(arg == "--steps" or arg.startswith("--steps=") for arg in argv)
         cfg = argparse.Namespace(**dict(saved, resume=cfg.resume, out=cfg.resume,
                                         steps=cfg.steps if steps_given else saved["steps"]))

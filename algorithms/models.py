@@ -11,12 +11,14 @@ the next run that takes a lock). The locks are fcntl locks on local files: the k
 import contextlib
 import fcntl
 import importlib.metadata
+import json
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import safetensors
 import torch
 import transformers
 from huggingface_hub import constants, get_session, is_offline_mode
@@ -162,3 +164,34 @@ def hub_unreachable(seconds=3.0):
     except Exception:  # no answer, whatever the HTTP client says (its error classes change between hub versions)
         return True
     return False
+
+
+def resumable_run(run_dir, fields):
+    """The saved config (a dict with every one of `fields`) of a run folder that --resume can continue: checked
+    before anything is loaded, file by file, so that a missing or damaged one stops the run with one line naming it."""
+    def read(name, parse):
+        try:
+            return parse(run_dir / name)
+        except Exception as e:  # whatever the parser's complaint, the news is the same: this file is not usable
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+            raise SystemExit(f"--resume {run_dir}: {run_dir / name} is missing or damaged ({reason}); "
+                             "the run cannot continue: start a new one with another --out")
+    config = read("config.json", lambda path: dict(json.loads(path.read_text())))
+    missing = sorted(set(fields) - set(config))
+    if missing:
+        raise SystemExit(f"--resume {run_dir}: {run_dir / 'config.json'} lacks {', '.join(missing)} (written by "
+                         "another version of minireason, or edited): start a new run with another --out")
+    checkpoint = read("latest", lambda path: path.read_text().strip())  # a hand edit may add a newline
+    if not re.fullmatch(r"checkpoint-\d+", checkpoint):
+        raise SystemExit(f"--resume {run_dir}: {run_dir / 'latest'} names {checkpoint!r}, not a checkpoint-<step> "
+                         "folder: write the name of the checkpoint folder there")
+    read(f"{checkpoint}/config.json", lambda path: json.loads(path.read_text()))
+    for weights in sorted((run_dir / checkpoint).glob("*.safetensors")):  # the header must cover the whole file
+        read(f"{checkpoint}/{weights.name}", lambda path: safetensors.safe_open(path, "pt").keys())
+    logged_then = read(f"{checkpoint}/trainer_state.pt",  # mmap: the optimizer state stays on disk
+                       lambda path: torch.load(path, mmap=True, weights_only=False)["progress"]["logged"])
+    logged = read("metrics.jsonl", lambda path: len(path.read_text().splitlines()))
+    if logged < logged_then:
+        raise SystemExit(f"--resume {run_dir}: {run_dir / 'metrics.jsonl'} has {logged} lines, fewer than the "
+                         f"{logged_then} logged before {checkpoint}: restore it, or start a new run")
+    return config

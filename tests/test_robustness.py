@@ -98,6 +98,64 @@ def test_a_bad_data_file_is_one_line_with_its_line_number(tmp_path, records, mes
     assert not (tmp_path / "cache").exists()  # refused before any model was built
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A small default run that saved a checkpoint at its end, and its cache (with the warm-up)."""
+    root = tmp_path_factory.mktemp("finished")
+    result = minireason(*SMALL, "--steps", "1", "--save-every", "1", "--out", root / "run", cache=root / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run", root / "cache"
+
+
+def damaged_copy(run_dir, tmp_path, damage):
+    copy = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
+    damage(copy)
+    return copy
+
+
+def truncate(path, size):
+    os.truncate(path, size)
+
+
+def without(keys):
+    def damage(run_dir):
+        config = json.loads((run_dir / "config.json").read_text())
+        (run_dir / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in keys}))
+    return damage
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: truncate(d / "checkpoint-1" / "model.safetensors", 100_000),
+     "checkpoint-1/model.safetensors is missing or damaged (Error while deserializing header"),
+    (lambda d: truncate(d / "checkpoint-1" / "trainer_state.pt", 1000), "checkpoint-1/trainer_state.pt is missing or "
+                                                                        "damaged"),
+    (lambda d: (d / "checkpoint-1" / "trainer_state.pt").write_text("garbage"),
+     "checkpoint-1/trainer_state.pt is missing or damaged"),
+    (lambda d: (d / "metrics.jsonl").unlink(), "metrics.jsonl is missing or damaged (No such file or directory"),
+    (lambda d: (d / "metrics.jsonl").write_text("{}\n"), "metrics.jsonl has 1 lines, fewer than the 2 logged before "
+                                                         "checkpoint-1"),
+    (without({"algo", "lr"}), "config.json lacks algo, lr (written by another version of minireason, or edited)"),
+    (lambda d: (d / "config.json").write_text("[1, 2"), "config.json is missing or damaged"),
+    (lambda d: (d / "latest").write_text("checkpoint-7"), "checkpoint-7/config.json is missing or damaged"),
+    (lambda d: (d / "latest").write_text("../.."), "latest names '../..', not a checkpoint-<step> folder"),
+])
+def test_a_damaged_run_folder_is_named_when_resumed(finished_run, tmp_path, damage, message):
+    run_dir = damaged_copy(finished_run[0], tmp_path, damage)
+    result = minireason("--resume", run_dir, "--steps", "2", cache=finished_run[1], timeout=60)
+    one_line_error(result, 1, f"--resume {run_dir}: ")
+    assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_hand_edited_latest_with_a_newline_resumes(finished_run, tmp_path):
+    run_dir = damaged_copy(finished_run[0], tmp_path, lambda d: (d / "latest").write_text("checkpoint-1\n"))
+    result = minireason("--resume", run_dir, "--steps", "2", "--save-every", "1", cache=finished_run[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert (run_dir / "latest").read_text() == "checkpoint-2"  # and the finished run's model/ was replaced
+    assert not list(run_dir.glob("model.*"))
+
+
 def test_concurrent_runs_from_an_empty_cache_build_the_warm_up_once(tmp_path):
     cache = tmp_path / "cache"
     runs = [start(*SMALL, "--steps", "1", "--out", tmp_path / f"run{i}", cache=cache, log=tmp_path / f"log{i}.txt")
