@@ -20,6 +20,7 @@ import math
 import os
 import random
 import resource
+import shlex
 import shutil
 import signal
 import sys
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 
-from algorithms.common import above, at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
+from algorithms.common import (above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
+                               make_run_folder, masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
                                resumable_run, save_atomically, save_checkpoint_folder, smollm2_checkpoint)
@@ -567,10 +569,11 @@ def train(cfg):
             if ctrl_c:
                 break
     bar.close()
-    if ctrl_c:
+    if ctrl_c:  # exit as a process stopped by Ctrl-C does (128 + SIGINT), after saving
         metrics_file.close()
-        print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume {out}")
-        return None
+        print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume "
+              f"{shlex.quote(str(out))}")
+        raise SystemExit(128 + signal.SIGINT)
 
     save_atomically(out / "model", model, tokenizer, [("value_head.pt", value_head.state_dict())] if value_head else [])
     summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": progress.accuracy[0],
@@ -778,7 +781,7 @@ def ctrl_c_finishes_the_step():
 
     def handler(signum, frame):
         requests.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second one stops the process at once
         print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -903,6 +906,7 @@ def precision(cfg):
 
 def main(argv):
     cfg = parse_args(argv)
+    make_run_folder(Path(cfg.out), not cfg.resume, "*/metrics.jsonl" if cfg.compare else "metrics.jsonl")
     if cfg.compare and not cfg.eval_only:
         from algorithms import compare
         warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
@@ -912,4 +916,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C outside the RL loop stops at once, with no traceback
     main(sys.argv[1:])

@@ -3,6 +3,7 @@ that cannot be written or hold a run already, damaged checkpoints, Ctrl-C, concu
 one line naming the flag, file or line (a non-zero status, no traceback), or carries on correctly."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -98,6 +99,28 @@ def test_a_bad_data_file_is_one_line_with_its_line_number(tmp_path, records, mes
     assert not (tmp_path / "cache").exists()  # refused before any model was built
 
 
+def test_an_unusable_out_is_refused_before_anything_slow(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = minireason("--out", tmp_path / "a-file", cache=tmp_path / "cache", timeout=60)
+    one_line_error(result, 1, f"--out {tmp_path / 'a-file'}: a file is there, not a folder; choose another --out")
+    result = minireason("--out", tmp_path / "a-file" / "run", cache=tmp_path / "cache", timeout=60)
+    one_line_error(result, 1, f"--out {tmp_path / 'a-file' / 'run'}: cannot write there (Not a directory)")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_read_only_out_is_refused_before_anything_slow(tmp_path):
+    # a read-only file system of its own, in a private mount namespace (where the system allows one)
+    (tmp_path / "ro").mkdir()
+    script = (f"mount -t tmpfs -o ro tmpfs {tmp_path / 'ro'} && "
+              f"exec {shlex.join(command('--out', tmp_path / 'ro' / 'run'))}")
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                            env=environment(tmp_path / "cache"), timeout=60)
+    if "mount" in result.stderr or "unshare" in result.stderr:
+        pytest.skip(f"no private read-only mount here: {result.stderr.strip()}")
+    one_line_error(result, 1, f"--out {tmp_path / 'ro' / 'run'}: cannot write there (Read-only file system)")
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A small default run that saved a checkpoint at its end, and its cache (with the warm-up)."""
@@ -105,6 +128,15 @@ def finished_run(tmp_path_factory):
     result = minireason(*SMALL, "--steps", "1", "--save-every", "1", "--out", root / "run", cache=root / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run", root / "cache"
+
+
+def test_a_second_run_into_the_same_out_is_refused(finished_run):
+    run_dir, cache = finished_run
+    before = (run_dir / "metrics.jsonl").read_text()
+    result = minireason(*SMALL, "--steps", "1", "--out", run_dir, cache=cache, timeout=60)
+    one_line_error(result, 1, f"--out {run_dir}: an earlier run's {run_dir / 'metrics.jsonl'} is there; choose "
+                              f"another --out (or, to continue a training run there, pass --resume {run_dir})")
+    assert (run_dir / "metrics.jsonl").read_text() == before
 
 
 def damaged_copy(run_dir, tmp_path, damage):
@@ -154,6 +186,23 @@ def test_a_hand_edited_latest_with_a_newline_resumes(finished_run, tmp_path):
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert (run_dir / "latest").read_text() == "checkpoint-2"  # and the finished run's model/ was replaced
     assert not list(run_dir.glob("model.*"))
+
+
+def test_ctrl_c_saves_exits_130_and_prints_a_resume_command_that_pastes(finished_run, tmp_path):
+    out = tmp_path / "a run folder with spaces"
+    log = tmp_path / "log.txt"
+    process = start(*SMALL, "--steps", "50", "--out", out, cache=finished_run[1], log=log)
+    wait_for(log, "grpo:", process)  # the RL loop has started
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    printed = log.read_text()
+    assert "Traceback" not in printed
+    resume = printed.strip().splitlines()[-1].split("continue with: ")[1]
+    assert resume == f"python minireason.py --resume '{out}'"
+    args = shlex.split(resume)[2:]  # what a user pastes, after `python minireason.py`
+    result = minireason(*args, "--steps", str(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+                                               + 1), cache=finished_run[1])
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_concurrent_runs_from_an_empty_cache_build_the_warm_up_once(tmp_path):
