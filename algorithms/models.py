@@ -63,7 +63,7 @@ def process_alive(pid):
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, as another user's
-        return True
+        pass
     return True
 
 
