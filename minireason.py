@@ -796,10 +796,15 @@ def ctrl_c_finishes_the_step():
 
 # Defaults that depend on the model. The tiny one needs a warm-up, short answers and high learning rates; a
 # pretrained one already reasons, at length, and takes the small learning rate 2504.11343 trains with (1e-6).
+# The tiny one runs on one CPU thread (--threads). With torch's default, a thread per core, every op waits at a barrier
+# for all of them, so beside any busy process each small op waits for a thread the OS has put off its core. Measured on
+# 2 shared cores, --steps 3 --sft-steps 50: 1 thread 39 s, and 40 s beside a busy process; 2 threads 171 s and 67 s
+# (the machine had other load too); 2 with OMP_WAIT_POLICY=PASSIVE 30 s and 45 s. A pretrained model, whose ops are
+# large, keeps torch's default.
 TINY_DEFAULTS = dict(sft_steps=400, sft_lr=1e-3, lr=1e-4, max_new_tokens=64, micro_batch=256, eval_batch=500,
-                     sft_baseline=True)
+                     sft_baseline=True, threads=1)
 PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512, micro_batch=4, eval_batch=64,
-                           sft_baseline=False)
+                           sft_baseline=False, threads=torch.get_num_threads())
 
 
 def build_parser():
@@ -858,6 +863,7 @@ def build_parser():
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
       help="where the tiny model and warm-ups are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    a("--threads", type=at_least(1), help="CPU threads of torch (a pretrained model: OMP_NUM_THREADS, or the cores)")
     a("--dtype", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32",
       help="bf16: sample from a bf16 copy, score and update under autocast; weights and optimizer stay fp32")
     a("--save-every", type=at_least(0), default=0, help="checkpoint every N steps and at the end (Ctrl-C always saves)")
@@ -907,10 +913,10 @@ def precision(cfg):
 def main(argv):
     cfg = parse_args(argv)
     make_run_folder(Path(cfg.out), not cfg.resume, "*/metrics.jsonl" if cfg.compare else "metrics.jsonl")
+    torch.set_num_threads(cfg.threads)
     if cfg.compare and not cfg.eval_only:
-        from algorithms import compare
         warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
-        return compare.main(cfg, argv)
+        return importlib.import_module("algorithms.compare").main(cfg, argv)
     with precision(cfg):
         return evaluate_only(cfg) if cfg.eval_only else train(cfg)
 

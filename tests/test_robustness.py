@@ -257,3 +257,19 @@ def test_an_unreachable_hub_is_one_line_in_seconds(tmp_path):
     one_line_error(result, 1, "--model no-such-org/no-such-model: not a checkpoint folder here, and the Hugging Face "
                               "hub could not provide it")
     assert time.time() - start_time < 30  # the hub client's retries alone take ~50 s
+
+
+def test_the_tiny_model_runs_on_one_thread_unless_told(tmp_path):
+    # beside a busy process, a thread per core makes every small op wait for the thread put off its core
+    import torch
+
+    import minireason as M
+    threads = torch.get_num_threads()
+    data = write_jsonl(tmp_path / "data.jsonl", [GSM8K] * 2)
+    try:
+        for flags, expected in (([], 1), (["--threads", "2"], 2)):
+            M.main(["--eval-only", "--data", str(data), "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "cache"),
+                    "--out", str(tmp_path / f"eval{expected}"), *flags])
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(threads)
