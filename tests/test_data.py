@@ -86,3 +86,11 @@ def test_warm_up_needs_solutions(tmp_path):
     cfg = M.parse_args(["--data", str(data), "--n-test", "1", "--sft-steps", "5", "--cache-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="answers.jsonl: some records have no solution for the warm-up to train on"):
         M.warm_up(cfg, M.load_task(cfg)[0])
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    # some editors (Notepad, Excel's "UTF-8" export) start a UTF-8 file with a byte-order mark
+    path = tmp_path / "bom.jsonl"
+    path.write_text(json.dumps(GSM8K) + "\n", encoding="utf-8-sig")
+    [p] = tasks.read_problems(path)
+    assert (p.question, p.answer) == (GSM8K["question"], "10")

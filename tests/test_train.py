@@ -80,7 +80,8 @@ def without_times(metrics):
 
 def test_ctrl_c_saves_and_resume_continues_exactly(run, monkeypatch):
     flags = ["--steps", "4", "--eval-every", "2", "--no-sft-baseline"]
-    uninterrupted = read_metrics(run("whole", *flags))
+    uninterrupted_dir = run("whole", *flags)
+    uninterrupted = read_metrics(uninterrupted_dir)
 
     generate, calls = M.generate, []
 
@@ -91,8 +92,11 @@ def test_ctrl_c_saves_and_resume_continues_exactly(run, monkeypatch):
                 os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C while step 3 samples
         return generate(model, tokenizer, problems, cfg, group_size, temperature)
     monkeypatch.setattr(M, "generate", ctrl_c_in_step_3)
-    cut = run("cut", *flags)
+    with pytest.raises(SystemExit) as stop:
+        run("cut", *flags)
+    assert stop.value.code == 130  # what a shell reports for a process stopped by Ctrl-C
     monkeypatch.setattr(M, "generate", generate)
+    cut = uninterrupted_dir.parent / "cut"
     assert (cut / "latest").read_text() == "checkpoint-3"  # step 3 was finished, then saved
     assert [m["step"] for m in read_metrics(cut)] == [0, 1, 2, 3]
     assert not (cut / "model").exists()
