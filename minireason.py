@@ -33,11 +33,11 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 
-from algorithms.common import (above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
-                               make_run_folder, masked_mean)
+from algorithms.common import above, at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
-                               resumable_run, save_atomically, save_checkpoint_folder, smollm2_checkpoint)
+                               make_run_folder, resumable_run, save_atomically, save_checkpoint_folder,
+                               smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
@@ -796,10 +796,9 @@ def ctrl_c_finishes_the_step():
 # Defaults that depend on the model. The tiny one needs a warm-up, short answers and high learning rates; a
 # pretrained one already reasons, at length, and takes the small learning rate 2504.11343 trains with (1e-6).
 # The tiny one runs on one CPU thread (--threads). With torch's default, a thread per core, every op waits at a barrier
-# for all of them, so beside any busy process each small op waits for a thread the OS has put off its core. Measured on
-# 2 shared cores, --steps 3 --sft-steps 50: 1 thread 39 s, and 40 s beside a busy process; 2 threads 171 s and 67 s
-# (the machine had other load too); 2 with OMP_WAIT_POLICY=PASSIVE 30 s and 45 s. A pretrained model, whose ops are
-# large, keeps torch's default.
+# for all of them, so beside any busy process each of the tiny model's small ops waits for a thread the OS has put
+# off its core (a warm-up step took 20x longer); one thread does not notice the neighbour. A pretrained model, whose
+# ops are large, keeps torch's default.
 TINY_DEFAULTS = dict(sft_steps=400, sft_lr=1e-3, lr=1e-4, max_new_tokens=64, micro_batch=256, eval_batch=500,
                      sft_baseline=True, threads=1)
 PRETRAINED_DEFAULTS = dict(sft_steps=0, sft_lr=1e-5, lr=1e-6, max_new_tokens=512, micro_batch=4, eval_batch=64,

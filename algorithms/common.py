@@ -10,8 +10,6 @@ B rows = prompts x samples per prompt; one prompt's samples form a *group* of G 
 """
 import argparse
 import math
-import os
-import shlex
 
 import torch
 
@@ -154,22 +152,3 @@ def above(minimum, maximum):
         return value
     return parse
 
-
-def make_run_folder(out, fresh, results):
-    """Create the run folder `out` (a Path) and check that files can be written in it; returns it. Called before
-    anything slow starts, it stops with one line naming --out if that fails, or if a fresh run would overwrite the
-    results (files matching `results`) of an earlier run there."""
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out}: a file is there, not a folder; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # permissions and read-only file systems, as the run will meet them
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise SystemExit(f"--out {out}: cannot write there ({e.strerror}); choose another --out")
-    found = next(out.glob(results), None) if fresh else None
-    if found:
-        raise SystemExit(f"--out {out}: an earlier run's {found} is there; choose another --out (or, to continue "
-                         f"a training run there, pass --resume {shlex.quote(str(out))})")
-    return out

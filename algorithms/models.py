@@ -3,6 +3,8 @@ character-level LLaMA built from a config, SmolLM2-135M-Instruct converted from 
 ships, and writing a Hugging Face checkpoint folder so that it is either absent or whole. minireason.load_model
 takes `tiny`, `smollm2`, or any HF id or folder.
 
+Also the run folder: make_run_folder checks --out before anything slow, resumable_run checks a run to resume.
+
 The cache (the tiny model, SmolLM2, the warm-ups) is shared by every run on the machine, so `cached` builds each
 entry under a lock (concurrent runs build it once: the others wait and reuse it) in a temporary sibling that is
 renamed into place (a run killed at any moment leaves no half-built entry, and its temporary folder is removed by
@@ -14,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -195,3 +198,23 @@ def resumable_run(run_dir, fields):
         raise SystemExit(f"--resume {run_dir}: {run_dir / 'metrics.jsonl'} has {logged} lines, fewer than the "
                          f"{logged_then} logged before {checkpoint}: restore it, or start a new run")
     return config
+
+
+def make_run_folder(out, fresh, results):
+    """Create the run folder `out` (a Path) and check that files can be written in it; returns it. Called before
+    anything slow starts, it stops with one line naming --out if that fails, or if a fresh run would overwrite the
+    results (files matching `results`) of an earlier run there."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out}: a file is there, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"  # permissions and read-only file systems, as the run will meet them
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"--out {out}: cannot write there ({e.strerror}); choose another --out")
+    found = next(out.glob(results), None) if fresh else None
+    if found:
+        raise SystemExit(f"--out {out}: an earlier run's {found} is there; choose another --out (or, to continue "
+                         f"a training run there, pass --resume {shlex.quote(str(out))})")
+    return out

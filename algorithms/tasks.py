@@ -8,7 +8,6 @@ import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 from algorithms.grader import extract_answer
 
