@@ -50,7 +50,8 @@ def add_flags(flags):
     flags.add_argument("--compare", action="store_true", help="train every algorithm and two ablations over --seeds "
                        "seeds with the other flags given, then write results.md and curves.png")
     flags.add_argument("--seeds", type=common.at_least(1), default=3, help="--compare: seeds per algorithm")
-    flags.add_argument("--jobs", type=common.at_least(1), default=len(os.sched_getaffinity(0)), help="--compare: runs at a time")
+    flags.add_argument("--jobs", type=common.at_least(1), default=len(os.sched_getaffinity(0)),
+                       help="--compare: runs at a time")
 
 
 def main(cfg, argv):
