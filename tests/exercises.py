@@ -17,6 +17,7 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import io
 import json
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = "tests/test_exercises.py"
@@ -163,7 +165,7 @@ def student_copy(out, exercises):
     """Write the project's git-tracked files to `out`, the exercises' bodies blank and the mutants left out."""
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out}: exists and is not empty; give a new folder")
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True)
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True, check=False)
     if listed.returncode != 0:
         raise SystemExit(f"{ROOT}: not a git checkout; the student copy is made from the teacher's repository")
     by_file = {}
@@ -206,7 +208,8 @@ class Outcomes:
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or report.failed:
-            message = report.longreprtext.strip().splitlines()[-1] if report.failed else ""
+            lines = report.longreprtext.splitlines() if report.failed else []
+            message = next((line[1:].strip() for line in lines if line.startswith("E ")), lines[-1] if lines else "")
             self.results.setdefault(report.nodeid, (report.passed, message))
 
 
@@ -218,9 +221,8 @@ def run_tests(names, verbose=False):
     class Collected:
         def pytest_collection_finish(self, session):
             items.update({item.nodeid: Outcomes.exercise_of(item) for item in session.items})
-    args = [str(ROOT / TESTS), "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-W", "ignore::DeprecationWarning"]
-    args += ["-q", "--tb=short"] if verbose else ["-p", "no:terminal"]
-    with contextlib.chdir(ROOT):
+    args = [str(ROOT / TESTS), "-q", "--tb=short", "-p", "no:cacheprovider", "--rootdir", str(ROOT)]
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
         pytest.main(args, plugins=[plugin, Collected()])
     by_exercise = {name: [] for name in names}
     for nodeid, exercise in items.items():
@@ -256,24 +258,36 @@ def check(names, verbose=False):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# End to end: with every core exercise done, a short warm-up and a few GRPO steps must raise the reward
+# End to end: with every core exercise done, a few GRPO steps must raise the training reward
 
 
-END_TO_END = ["--algo", "grpo", "--sft-steps", "100", "--steps", "15", "--prompts-per-step", "16", "--lr", "3e-4",
-              "--n-test", "50", "--eval-every", "1000", "--no-sft-baseline"]
+# From scratch (no warm-up): the untrained tiny model earns this reward now and then, so in a few steps of GRPO the
+# whole loop (sampler, log-probs, group advantages, clipped loss, update) has to find it and make it the rule.
+# (The arithmetic task needs minutes of warm-up before its reward moves: too long for a laptop check.)
+END_TO_END = ["--algo", "grpo", "--sft-steps", "0", "--steps", "15", "--prompts-per-step", "12", "--group-size", "8",
+              "--max-new-tokens", "32", "--lr", "1e-3", "--n-test", "16", "--eval-every", "1000", "--no-sft-baseline"]
 WINDOW = 4            # steps averaged at each end
-MIN_RISE = 0.05       # the last WINDOW steps' mean reward must beat the first WINDOW's by this much
+MIN_RISE = 0.3        # the last WINDOW steps' mean reward must beat the first WINDOW's by this much
 
 
-def end_to_end(seed=0, flags=()):
-    """Train from scratch in a temporary folder (the warm-up too: your code builds it); per-step train rewards."""
-    import minireason
+def two_sevens(texts, references, stopped):
+    """The end-to-end check's reward, in place of the grader: 1 for a response with at least two 7s in it."""
+    return [text.count("7") >= 2 for text in texts]
+
+
+def end_to_end(seed=0):
+    """Train the tiny model from scratch in a temporary folder; the per-step training rewards."""
     import torch
-    with tempfile.TemporaryDirectory() as tmp:
+    import transformers
+
+    import minireason
+    transformers.utils.logging.disable_progress_bar()  # as minireason's main() does
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(minireason, "grade_batch", two_sevens):
         cfg = minireason.parse_args(END_TO_END + ["--seed", str(seed), "--cache-dir", f"{tmp}/cache", "--out",
-                                                  f"{tmp}/run", *flags])
+                                                  f"{tmp}/run"])
         torch.set_num_threads(cfg.threads)
-        minireason.train(cfg)
+        with contextlib.redirect_stdout(io.StringIO()):  # its accuracy table would be of the two-sevens reward
+            minireason.train(cfg)
         metrics = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
     return [m["train/reward"] for m in metrics if "train/reward" in m]
 
@@ -295,7 +309,7 @@ def main(argv):
     grade = sub.add_parser("check", help="run the exercises' tests: PASS / FAIL / NOT STARTED each")
     grade.add_argument("names", nargs="*", help="exercise names (default: all)")
     grade.add_argument("-v", "--verbose", action="store_true", help="show pytest's report, tracebacks included")
-    e2e = sub.add_parser("end-to-end", help="a short warm-up and GRPO run: does the training reward rise?")
+    e2e = sub.add_parser("end-to-end", help="15 GRPO steps from scratch: does the training reward rise?")
     e2e.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -314,7 +328,8 @@ def main(argv):
         rewards = end_to_end(args.seed)
         gain = rise(rewards)
         print(f"training reward per step: {' '.join(f'{r:.2f}' for r in rewards)}")
-        print(f"last {WINDOW} steps minus first {WINDOW}: {gain:+.3f} (needs > {MIN_RISE}); {time.time() - start:.0f} s")
+        print(f"last {WINDOW} steps minus first {WINDOW}: {gain:+.3f} (needs > {MIN_RISE}); "
+              f"{time.time() - start:.0f} s")
         print("PASS: the reward rises under your code" if gain > MIN_RISE else "FAIL: the reward does not rise")
         return 0 if gain > MIN_RISE else 1
     return 0

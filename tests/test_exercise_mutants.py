@@ -3,7 +3,7 @@ stubs they must fail, and the student-copy tool. Teacher side only: it holds nea
 leaves this file out.
 
     python tests/test_exercise_mutants.py table          # exercise x mutants caught, as a markdown table
-    python tests/test_exercise_mutants.py sign-flipped   # the end-to-end check with GRPO's advantages negated
+    python tests/test_exercise_mutants.py sign-flipped [--seed N]   # end-to-end, GRPO's advantages negated
 
 A mutant is the reference function with one plausible mistake, written as a text substitution on its source
 (old -> new), compiled in its module's namespace and swapped in for every reference to the original in the
@@ -25,7 +25,8 @@ import test_exercises  # noqa: E402
 MUTANTS = {
     "masked_mean": [
         ("mask forgotten: the mean of every position", "masked_mean",
-         "return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)", "return x.mean() if dim is None else x.mean(dim)"),
+         "return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)",
+         "return x.mean() if dim is None else x.mean(dim)"),
         ("divided by all positions, not the masked ones", "masked_mean", "mask.sum(dim).clamp(min=1)",
          "(mask.numel() if dim is None else mask.size(dim))"),
         ("no clamp: an empty mask gives NaN", "masked_mean", "mask.sum(dim).clamp(min=1)", "mask.sum(dim)"),
@@ -57,13 +58,15 @@ MUTANTS = {
     "reinforce_rej_filter": [
         ("a partial reward makes a group not all wrong", "rejected",
          "all_correct, all_wrong = group_outcomes(rollout.rewards == 1, rollout.group_size)",
-         "all_correct, all_wrong = group_outcomes(rollout.rewards == 1, rollout.group_size)[0], "
-         "group_outcomes(rollout.rewards > 0, rollout.group_size)[1]"),
+         ("all_correct, all_wrong = group_outcomes(rollout.rewards == 1, rollout.group_size)[0], "
+          "group_outcomes(rollout.rewards > 0, rollout.group_size)[1]")),
         ("all-same forgets the all-correct groups", "rejected", '"all-same": all_correct | all_wrong',
          '"all-same": all_wrong'),
         ("a group's verdict tiled, not repeated, over its rows", "rejected",
-         "per_row(groups[cfg.reject_groups], rollout.group_size)", "groups[cfg.reject_groups].repeat(rollout.group_size)"),
-        ("drop keeps the rejected groups", "keep_rows", "keep = ~rejected(rollout, cfg)", "keep = rejected(rollout, cfg)"),
+         "per_row(groups[cfg.reject_groups], rollout.group_size)",
+         "groups[cfg.reject_groups].repeat(rollout.group_size)"),
+        ("drop keeps the rejected groups", "keep_rows", "keep = ~rejected(rollout, cfg)",
+         "keep = rejected(rollout, cfg)"),
         ("kept rows reported as groups of one", "keep_rows", "return keep.nonzero().squeeze(-1), rollout.group_size",
          "return keep.nonzero().squeeze(-1), 1"),
     ],
@@ -131,10 +134,12 @@ MUTANTS = {
          "covered > top_p * covered[:, -1:]"),
         ("top-p without sorting", "next_tokens", "probs.sort(dim=-1, descending=True)",
          "(probs, torch.arange(probs.size(-1)).expand_as(probs))"),
-        ("greedy's log-prob of the wrong token", "next_tokens", "tokens = logits.argmax(-1)", "tokens = logits.argmin(-1)"),
+        ("greedy takes the least likely token", "next_tokens", "tokens = logits.argmax(-1)",
+         "tokens = logits.argmin(-1)"),
     ],
     "sample": [
-        ("EOS dropped from the mask", "sample", "< lengths[:, None]).float()", "< (lengths - stopped.long())[:, None]).float()"),
+        ("EOS dropped from the mask", "sample", "< lengths[:, None]).float()",
+         "< (lengths - stopped.long())[:, None]).float()"),
         ("positions count the left padding", "sample", "position = prompt_mask.sum(-1)",
          "position = torch.full_like(prompt_mask[:, 0], prompt_mask.size(1))"),
         ("rows never stop at EOS", "sample", "finished = torch.isin(token, eos_ids)",
@@ -169,12 +174,14 @@ MUTANTS = {
         ("min instead of max", "clipped_value_loss", "torch.maximum(", "torch.minimum("),
         ("no ½", "clipped_value_loss", "0.5 * torch.maximum(", "torch.maximum("),
         ("clipped around the return, not the old value", "clipped_value_loss",
-         "old_values + torch.clamp(values - old_values, -clip, clip)", "returns + torch.clamp(values - returns, -clip, clip)"),
+         "old_values + torch.clamp(values - old_values, -clip, clip)",
+         "returns + torch.clamp(values - returns, -clip, clip)"),
     ],
     "dpo_loss": [
         ("mask forgotten", "loss", "masked_sum(logp - batch.ref_logprobs, batch.response_mask, dim=1)",
          "(logp - batch.ref_logprobs).sum(1)"),
-        ("chosen and rejected swapped", "loss", "(log_ratio[:, 0] - log_ratio[:, 1])", "(log_ratio[:, 1] - log_ratio[:, 0])"),
+        ("chosen and rejected swapped", "loss", "(log_ratio[:, 0] - log_ratio[:, 1])",
+         "(log_ratio[:, 1] - log_ratio[:, 0])"),
         ("β outside the sigmoid", "loss", "-F.logsigmoid(margin).sum()",
          "-cfg.dpo_beta * F.logsigmoid(margin / cfg.dpo_beta).sum()"),
         ("mean over this micro-batch's pairs", "loss", "n_pairs = batch.n_rows // 2", "n_pairs = len(log_ratio)"),
@@ -188,11 +195,9 @@ MUTANTS = {
         ("no update", "rl_step", "update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}",
          "{}"),
         ("old log-probs scored after the update", "rl_step",
-         ("    if getattr(algo, \"REFERENCE_RESPONSES\", False) or sampler is not model or value_head is not None:",
-          "    stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}"),
-         ("    stats = {}\n    if True:", "    stats = update(model, optimizer, batch, algo, cfg, value_head) "
-          "if batch is not None else {}\n    rollout = dataclasses.replace(rollout, old_logprobs=score(model, rollout, "
-          "cfg.temperature, cfg.micro_batch)[0])")),
+         "update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}\n",
+         ("update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}\n"
+          "    rollout = dataclasses.replace(rollout, old_logprobs=score(model, rollout, 1.0, 64)[0])\n")),
     ],
 }
 
@@ -309,10 +314,10 @@ def test_student_copy_of_a_week(tmp_path, capsys):
 
 def table():
     """Exercise x mutants caught, run outside pytest (python tests/test_exercise_mutants.py table)."""
-    import conftest  # noqa: F401  (the repository root on the path)
+    import tempfile
+
     import minireason
     from algorithms import models
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         models.build_tiny_model(Path(tmp), minireason.TINY_MODEL)
         tiny = minireason.load_model(tmp, Path(tmp), "cpu")
@@ -327,15 +332,16 @@ def table():
                   + "; ".join(m + ("" if c else " (MISSED)") for m, c in caught) + " |")
 
 
-def sign_flipped():
-    """The end-to-end check with GRPO's advantages negated: the reward must not rise."""
+def sign_flipped(flags):
+    """The end-to-end check with GRPO's advantages negated: the reward must not rise (so the check exits 1)."""
     e = exercises.BY_NAME["group_advantages"]
-    name, function, old, new = next(m for m in MUTANTS["group_advantages"] if m[0] == "sign flipped")
+    _, function, old, new = next(m for m in MUTANTS["group_advantages"] if m[0] == "sign flipped")
     with pytest.MonkeyPatch.context() as mp:
         swap(getattr(module_of(e), function), mutant(e, function, old, new), mp)
-        return exercises.main(["end-to-end"])
+        return exercises.main(["end-to-end", *flags])
 
 
 if __name__ == "__main__":
-    sys.exit(table() if sys.argv[1:] == ["table"] else sign_flipped() if sys.argv[1:] == ["sign-flipped"] else
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    sys.exit(table() if command == "table" else sign_flipped(sys.argv[2:]) if command == "sign-flipped" else
              print(__doc__.split("\n\n")[1]))

@@ -93,7 +93,8 @@ def test_group_advantages_without_std_and_of_groups_that_teach_nothing():
 
 
 def rows(rewards, group_size, T=3):
-    return SimpleNamespace(rewards=torch.tensor(rewards), group_size=group_size, response_mask=torch.ones(len(rewards), T))
+    return SimpleNamespace(rewards=torch.tensor(rewards), group_size=group_size,
+                           response_mask=torch.ones(len(rewards), T))
 
 
 # four groups of two: all right, all wrong, mixed, and a partial reward 0.1 beside a 0 (no right answer: all wrong)
@@ -465,7 +466,8 @@ def test_gae_lambda_one_is_monte_carlo_and_lambda_zero_is_td():
 
 @pytest.mark.exercise("clipped_value_loss")
 def test_clipped_value_loss_by_hand():
-    values, old, returns = torch.tensor([1.0, 0.6, 0.2, 0.1]), torch.tensor([0.5] * 4), torch.tensor([2.0, 0.4, 0.0, 1.0])
+    values, returns = torch.tensor([1.0, 0.6, 0.2, 0.1]), torch.tensor([2.0, 0.4, 0.0, 1.0])
+    old = torch.tensor([0.5, 0.5, 0.5, 0.5])
     loss = ppo.clipped_value_loss(values, old, returns, clip=0.2)
     # 1: V_clip = 0.7, ½ max((1 - 2)², (0.7 - 2)²) = ½ · 1.69; 2: inside the clip, ½ · 0.2²;
     # 3: V_clip = 0.3, ½ max(0.2², 0.3²); 4: V_clip = 0.3, ½ max(0.9², 0.7²) (here the unclipped error is larger)
