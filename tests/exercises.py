@@ -235,6 +235,9 @@ def check(names, verbose=False):
     """Print PASS / FAIL / NOT STARTED per exercise; True if all of them pass."""
     exercises = [BY_NAME[name] for name in names]
     results = run_tests(names, verbose)
+    if not any(results.values()):
+        print(f"{TESTS} could not be collected (a syntax or import error?); see: python -m pytest -q {TESTS}")
+        return False
     status = {}
     for e in exercises:
         tests = results[e.name]
