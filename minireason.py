@@ -133,8 +133,9 @@ def position_ids(attention_mask):
 
 
 def next_tokens(logits, temperature, top_k=0, top_p=1.0):
-    """(A, V) logits -> tokens (A,) drawn at `temperature` (0: greedy) within top-k / top-p, logprobs, entropy (A,)."""
-    # log-probs and entropy are of the tempered distribution before the top-k / top-p cut, as the update computes them
+    """(A, V) logits -> tokens (A,) drawn at `temperature` (0: greedy) from the top_k likeliest (0: all), then from the
+    fewest likeliest holding top_p of what top-k left; log-probs and entropy (A,) of the tempered π before any cut."""
+    # the log-probs are of the distribution the update computes them from (it knows nothing of top-k / top-p)
     logp = (logits.float() / (temperature or 1.0)).log_softmax(-1)
     probs = logp.exp()
     entropy = -(probs * logp).sum(-1)
@@ -268,24 +269,26 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
 LOGITS_PER_CHUNK = 2 ** 25  # LM-head logits that exist at a time: 128 MiB in fp32
 
 
+def head_logprobs(hidden, head, tokens, temperature, with_entropy=False):
+    """hidden (N, ..., H), tokens (N, ...) -> log_softmax(head(hidden) / temperature)[tokens], its entropy or None."""
+    # (W h + b) / T = W (h / T) + b / T: dividing the H-wide hidden states, not the V-wide logits
+    logits = F.linear(hidden / temperature, head.weight, None if head.bias is None else head.bias / temperature).float()
+    # log π(t) = -cross_entropy(logits, t), whose fused backward makes fewer passes over the logits
+    logprobs = -F.cross_entropy(logits.flatten(0, -2), tokens.flatten(), reduction="none").view_as(tokens)
+    return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
+
+
 def token_logprobs(hidden, head, tokens, temperature, with_entropy=False):
-    """log π(token) from hidden states (B, ..., H) through the LM head `head`: (B, ...), and the entropy if asked."""
+    """head_logprobs over hidden states (B, ..., H) a chunk of rows at a time: (B, ...), and the entropy if asked."""
     # The (positions x vocabulary) logits are the memory peak of RL on language models (64 x 256 responses at a 49k
     # vocabulary: 3 GiB in fp32, several times that with the log-softmax and its gradient). So rows go through the
     # head a chunk at a time, and with gradients on each chunk's logits are recomputed in the backward pass
     # (activation checkpointing) instead of kept: the peak is one chunk's logits, whatever the batch.
-    def chunk_logprobs(h, t):
-        # (W h + b) / T = W (h / T) + b / T: dividing the H-wide hidden states, not the V-wide logits
-        logits = F.linear(h / temperature, head.weight, None if head.bias is None else head.bias / temperature).float()
-        # log π(t) = -cross_entropy(logits, t), whose fused backward makes fewer passes over the logits
-        logprobs = -F.cross_entropy(logits.flatten(0, -2), t.flatten(), reduction="none").view_as(t)
-        return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
     rows = max(1, LOGITS_PER_CHUNK // (tokens[0].numel() * head.out_features))
     chunks = list(zip(hidden.split(rows), tokens.split(rows)))
-    if len(chunks) == 1 or not torch.is_grad_enabled():  # nothing to recompute
-        results = [chunk_logprobs(h, t) for h, t in chunks]
-    else:
-        results = [torch.utils.checkpoint.checkpoint(chunk_logprobs, h, t, use_reentrant=False) for h, t in chunks]
+    results = [torch.utils.checkpoint.checkpoint(head_logprobs, h, head, t, temperature, with_entropy,
+                                                 use_reentrant=False) if len(chunks) > 1 and torch.is_grad_enabled()
+               else head_logprobs(h, head, t, temperature, with_entropy) for h, t in chunks]  # 1 chunk: no recompute
     return torch.cat([lp for lp, _ in results]), torch.cat([e for _, e in results]) if with_entropy else None
 
 
@@ -414,11 +417,8 @@ def update(model, optimizer, batch, algo, cfg, value_head=None):
                 rows = (groups[:, None] * G + torch.arange(G)).flatten().to(batch.rewards.device)
                 micro = batch.select(rows, n_tokens=n_tokens, n_rows=len(minibatch) * G)
                 logprobs, _, hidden = response_logprobs(model, micro, cfg.temperature)
-                if value_head is None:
-                    loss, micro_stats = algo.loss(logprobs, micro, cfg)
-                else:
-                    values = value_head(hidden).squeeze(-1).float() * micro.response_mask
-                    loss, micro_stats = algo.loss(logprobs, micro, cfg, values)
+                values = [] if value_head is None else [value_head(hidden).squeeze(-1).float() * micro.response_mask]
+                loss, micro_stats = algo.loss(logprobs, micro, cfg, *values)  # PPO's loss also takes its values
                 loss.backward()
                 for k, v in micro_stats.items():
                     stats[k] = stats.get(k, 0.0) + float(v)
@@ -449,7 +449,9 @@ def set_gradient_checkpointing(model, on):
 
 
 def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems, algo, cfg):
-    """One RL iteration on `problems`. Returns (rollout, the batch the update trained on or None, its stats)."""
+    """One RL iteration on `problems`: sample and grade (SFT: take the reference chains), old log-probs, reference
+    log-probs (when there is a reference), advantages (PPO: and returns), the rows to train on (algo.keep_rows), the
+    update, the sampler refreshed. Returns (rollout, the batch the update trained on or None, its stats)."""
     # 1. sample group_size responses per question and grade them (continued SFT takes the reference chains)
     if getattr(algo, "REFERENCE_RESPONSES", False):
         rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)

@@ -109,8 +109,10 @@ def clipped_policy_loss(logp, batch, cfg):
         L = agg_{i,t} [ clipped_surrogate(ρ_it, A_it) + β · k3(π_θ || π_ref)_it ]
 
     logp (B, T) under the current policy; batch carries old_logprobs, ref_logprobs (when β > 0),
-    advantages and response_mask (B, T), and the mini-batch normalisers. Returns (loss, stats); like the loss,
-    the stats are normalised by the whole mini-batch, so a mini-batch's micro-batches add up to its value.
+    advantages and response_mask (B, T), and the mini-batch normalisers n_tokens, n_rows (cfg: clip_low, clip_high,
+    dual_clip, kl_coef, loss_agg; no KL term when kl_coef is 0). Returns (loss, {"clip_fraction": tokens where the
+    clip set the value / batch.n_tokens}): like the loss, normalised by the whole mini-batch, so that a mini-batch's
+    micro-batches add up to its value.
     """
     token_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high,
                                             cfg.dual_clip)

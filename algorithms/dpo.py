@@ -49,8 +49,9 @@ def advantages(rollout, cfg):
 
 
 def loss(logp, batch, cfg):
-    """logp (B, T) of rows ordered chosen, rejected, chosen, ... -> (mean DPO loss over the mini-batch's pairs,
-    stats normalised the same way, so micro-batches add up)."""
+    """logp (B, T) of rows ordered chosen, rejected, chosen, ... -> (DPO loss summed over these pairs / the
+    mini-batch's pairs, batch.n_rows // 2, so micro-batches add up; stats over the same: preference_accuracy, the
+    share of pairs with margin > 0, and margin, the mean β · (log-ratio_w - log-ratio_l))."""
     log_ratio = masked_sum(logp - batch.ref_logprobs, batch.response_mask, dim=1).view(-1, 2)
     margin = cfg.dpo_beta * (log_ratio[:, 0] - log_ratio[:, 1])
     n_pairs = batch.n_rows // 2

@@ -186,7 +186,14 @@ def _final_spans(text, spans):
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer in a model response or a reference solution, as a string; None if there is none."""
+    """The final answer in a model response or a reference solution, as a string; None if there is none.
+
+    Unicode is mapped to ASCII/LaTeX (_UNICODE) and the text cut at a next turn (_NEXT_TURN). Then the first rule
+    that applies: the last box with the boxes listed just before it (_final_boxes), unless a later "the answer is"
+    (not "answer:") says a value with a digit, \\ or $ in it; GSM8K's last "#### x" (_HASHES); the last "the
+    answer is x" / "answer: x" (_ANSWER_IS, _said_answer); the whole text, markdown ** stripped, if it is a bare
+    short answer (_is_bare_answer); the last math span (_final_spans) or number (_NUMBER), whichever ends last.
+    An empty box or an empty said answer gives None."""
     text = _NEXT_TURN.split(text.translate(_UNICODE), 1)[0]
     said = list(_ANSWER_IS.finditer(text))
     last_said = _said_answer(text, said[-1]) if said else None  # "the answer is $x$", markdown bold "**18**"

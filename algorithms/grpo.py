@@ -30,7 +30,8 @@ def add_flags(flags):
 
 
 def group_advantages(rewards, group_size, normalize_std=True):
-    """(B,) rewards, groups of G consecutive rows -> (B,) advantages. A group of one has advantage 0."""
+    """(B,) rewards, groups of G consecutive rows -> (B,) advantages A_i = (r_i - mean_group) / (std_group + EPS),
+    std the unbiased one (n - 1, torch.std's default); r_i - mean_group if not normalize_std. A group of one: 0."""
     r = group_view(rewards.float(), group_size)
     adv = r - r.mean(dim=1, keepdim=True)
     if normalize_std and group_size > 1:

@@ -36,7 +36,8 @@ def add_flags(flags):
 
 
 def token_rewards(rollout, cfg):
-    """(B, T): the outcome reward on each response's last token, minus β · k1 on every token."""
+    """(B, T): r_t = R · 1[t = the response's last token] - β · k1(log π_old, log π_ref)_t on response tokens, 0 on
+    padding; R = rollout.rewards, β = cfg.kl_coef (β = 0: no KL term, and ref_logprobs may be None)."""
     mask = rollout.response_mask
     rewards = torch.zeros_like(mask)
     if cfg.kl_coef:
@@ -47,7 +48,9 @@ def token_rewards(rollout, cfg):
 
 
 def gae(rewards, values, mask, gamma, lam):
-    """Generalised advantage estimation. rewards, values, mask (B, T) -> (advantages, returns), (B, T)."""
+    """Generalised advantage estimation (Schulman et al., arXiv 1506.02438), backwards from each response's end:
+    δ_t = r_t + γ V_{t+1} - V_t, A_t = δ_t + γλ A_{t+1}, returns R_t = A_t + V_t, with r, V and A 0 past the end.
+    rewards, values, mask (B, T) -> (advantages, returns), each (B, T) and 0 on padding."""
     rewards, values = rewards * mask, values * mask  # past a response's end everything is 0
     advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.size(1))):

@@ -18,7 +18,8 @@ NO_PARTIAL_REWARD = "RAFT keeps the responses with the full reward and drops the
 
 
 def keep_rows(rollout, cfg):
-    """Train on the responses with the full reward only. Returns (row indices, group size of what is kept)."""
+    """Train on the responses with the full reward (exactly 1) only. Returns (row indices (K,), group size of what is
+    kept: 1, the kept rows no longer form groups)."""
     return (rollout.rewards == 1).nonzero().squeeze(-1), 1
 
 

@@ -33,14 +33,15 @@ def add_flags(flags):
 
 
 def rejected(rollout, cfg):
-    """(B,) bool: rows whose group is rejected under cfg.reject_groups."""
+    """(B,) bool: rows whose group is rejected under cfg.reject_groups (all-same: all right or all wrong; all-wrong;
+    all-correct), a sample being right when its reward is exactly 1. Groups are G consecutive rows."""
     all_correct, all_wrong = group_outcomes(rollout.rewards == 1, rollout.group_size)
     groups = {"all-same": all_correct | all_wrong, "all-wrong": all_wrong, "all-correct": all_correct}
     return per_row(groups[cfg.reject_groups], rollout.group_size)
 
 
 def keep_rows(rollout, cfg):
-    """All rows (reject by zeroing), or those of the groups that are not rejected (reject by dropping)."""
+    """All rows (cfg.reject_by zero), or those of the groups that are not rejected (drop): (row indices (K,), G)."""
     keep = ~rejected(rollout, cfg) if cfg.reject_by == "drop" else torch.ones_like(rollout.rewards, dtype=torch.bool)
     return keep.nonzero().squeeze(-1), rollout.group_size
 
