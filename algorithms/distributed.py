@@ -131,9 +131,9 @@ def from_rank0(value):
 def own(per_rank, what):
     """This rank's entry of a list saved with one entry per rank (gathered()), or one line saying why there is none."""
     if len(per_rank) != world_size():
-        raise SystemExit(f"{what} was saved by {len(per_rank)} process(es), and {world_size()} are resuming it: "
-                         f"resume with torchrun --nproc_per_node {len(per_rank)}" if len(per_rank) > 1 else
-                         f"{what} was saved by one process: resume it without torchrun")
+        raise SystemExit(f"{what} was saved by {len(per_rank)} processes, not {world_size()}: resume it with torchrun "
+                         f"--nproc_per_node {len(per_rank)}" if len(per_rank) > 1 else
+                         f"{what} was saved by one process, not {world_size()}: resume it without torchrun")
     return per_rank[rank()]
 
 
