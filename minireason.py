@@ -402,7 +402,8 @@ def score(model, rollout, temperature, micro_batch, value_head=None, with_entrop
 def update(model, optimizer, batch, algo, cfg, value_head=None):
     """cfg.epochs passes over the batch, each in cfg.minibatches shuffled mini-batches of whole groups, one optimizer
     step each, its gradient accumulated over micro-batches of about cfg.micro_batch rows. Returns the mean stats."""
-    # Micro-batch losses and stats are normalised by the whole mini-batch, so they add up to the mini-batch's.
+    # Micro-batch losses and stats are normalised by the whole mini-batch, so they add up to the mini-batch's. Under
+    # torchrun each rank holds some of its groups, and the counts and gradients are summed over the ranks.
     # After the first step the policy has moved, so ratios differ from 1 and the clip keeps later steps sound.
     G = batch.group_size
     groups_per_micro = max(1, cfg.micro_batch // G)
@@ -475,6 +476,7 @@ def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problem
     batch = rollout
     if hasattr(algo, "keep_rows"):
         rows, group_size = algo.keep_rows(rollout, cfg)
+        # no update when no rank kept a row (a rank may keep none while others do: it still takes part)
         batch = rollout.select(rows, group_size=group_size) if dist.total(len(rows)) else None
     # 5. the update, then the sampler gets the new weights
     set_gradient_checkpointing(model, cfg.grad_checkpointing)

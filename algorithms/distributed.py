@@ -9,7 +9,9 @@ statistics need nobody else) and the held-out questions. What is communicated:
   - per mini-batch, its token and row counts (summed), so every rank divides its loss by the whole mini-batch's
     counts, and the gradients (summed, once per optimizer step): together one process's update over the whole batch;
   - per update, the shuffled order of the groups (rank 0's) and the loss statistics (summed);
-  - per step, the rollout's rows for the logs, and the evaluation's records (gathered).
+  - per step, how many rows were kept (RAFT, DPO: whether to update at all), PPO's advantage mean and variance
+    (whitened over the whole batch), the rollout's rows for the logs, and the evaluation's records (gathered);
+  - at a checkpoint, every rank's random state; in the SFT baseline, rank 0's decision that the time is up.
 Every rank keeps a full copy of the model and the optimizer and applies the same update to it. Only rank 0 writes
 files and prints; the ranks sample with different random streams (seed_of_rank).
 
