@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 
+from algorithms import distributed as dist
 from algorithms.common import above, at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
@@ -353,7 +354,7 @@ class Rollout:
         """The given rows, cut to their longest prompt and response so no padding column is computed."""
         prompt_columns = self.prompt_mask[rows].any(0).nonzero()
         P0 = int(prompt_columns[0]) if len(prompt_columns) else self.prompt_mask.size(1) - 1
-        T = max(int(self.response_mask[rows].sum(-1).max()), 1)
+        T = max([1, *self.response_mask[rows].sum(-1).long().tolist()])  # none: a rank may hold no kept rows
 
         def cut(name, v):  # (B, P) prompt fields from column P0, (B, T) response fields to column T
             return v[rows][:, P0:] if name.startswith("prompt") else v[rows][:, :T] if v.dim() == 2 else v[rows]
@@ -404,30 +405,33 @@ def score(model, rollout, temperature, micro_batch, value_head=None, with_entrop
 def update(model, optimizer, batch, algo, cfg, value_head=None):
     """cfg.epochs passes over the batch, each in cfg.minibatches shuffled mini-batches of whole groups, one optimizer
     step each, its gradient accumulated over micro-batches of about cfg.micro_batch rows. Returns the mean stats."""
-    # Micro-batch losses and stats are normalised by the whole mini-batch, so they add up to the mini-batch's.
+    # Micro-batch losses and stats are normalised by the whole mini-batch, so they add up to the mini-batch's. Under
+    # torchrun each rank holds some of its groups, and the counts and gradients are summed over the ranks.
     # After the first step the policy has moved, so ratios differ from 1 and the clip keeps later steps sound.
     G = batch.group_size
     groups_per_micro = max(1, cfg.micro_batch // G)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    stats, steps = {}, 0
+    group_mask = batch.response_mask.view(-1, G, batch.response_mask.size(1))  # (groups, G, T)
+    stats, grad_norms, steps = {}, 0.0, 0
     for _ in range(cfg.epochs):
-        for minibatch in torch.randperm(len(batch.rewards) // G).chunk(cfg.minibatches):
-            n_tokens = batch.response_mask.view(-1, G, batch.response_mask.size(1))[minibatch].sum().clamp(min=1)
-            for groups in minibatch.split(groups_per_micro):
+        # under torchrun: this rank's groups of each mini-batch, and the mini-batch's tokens and rows on all ranks
+        for minibatch in dist.minibatches(len(group_mask), cfg.minibatches):
+            n_tokens, n_rows = dist.total(group_mask[minibatch].sum()).clamp(min=1), dist.total(len(minibatch) * G)
+            for groups in minibatch.split(groups_per_micro) if len(minibatch) else ():
                 rows = (groups[:, None] * G + torch.arange(G)).flatten().to(batch.rewards.device)
-                micro = batch.select(rows, n_tokens=n_tokens, n_rows=len(minibatch) * G)
+                micro = batch.select(rows, n_tokens=n_tokens, n_rows=n_rows)
                 logprobs, _, hidden = response_logprobs(model, micro, cfg.temperature)
                 values = [] if value_head is None else [value_head(hidden).squeeze(-1).float() * micro.response_mask]
                 loss, micro_stats = algo.loss(logprobs, micro, cfg, *values)  # PPO's loss also takes its values
                 loss.backward()
                 for k, v in micro_stats.items():
                     stats[k] = stats.get(k, 0.0) + float(v)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(grad_norm)
+            dist.sum_gradients(params)  # the ranks' one exchange per optimizer step (algorithms/distributed.py)
+            grad_norms += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-    return {k: v / steps for k, v in stats.items()}
+    return {k: v / steps for k, v in (dist.summed(stats) | {"grad_norm": grad_norms}).items()}
 
 
 def make_optimizer(modules, lr):
@@ -474,7 +478,8 @@ def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problem
     batch = rollout
     if hasattr(algo, "keep_rows"):
         rows, group_size = algo.keep_rows(rollout, cfg)
-        batch = rollout.select(rows, group_size=group_size) if len(rows) else None
+        # no update when no rank kept a row (a rank may keep none while others do: it still takes part)
+        batch = rollout.select(rows, group_size=group_size) if dist.total(len(rows)) else None
     # 5. the update, then the sampler gets the new weights
     set_gradient_checkpointing(model, cfg.grad_checkpointing)
     stats = update(model, optimizer, batch, algo, cfg, value_head) if batch is not None else {}
@@ -507,11 +512,12 @@ def train(cfg):
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train_problems, test_problems = load_task(cfg)
-    warm_start = warm_up(cfg, train_problems)
+    warm_start = dist.rank0_first(lambda: warm_up(cfg, train_problems))
     resume_from = out / (out / "latest").read_text().strip() if cfg.resume else None
-    (out / "config.json").write_text(json.dumps(vars(cfg), indent=2, default=str))
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    if dist.is_main():
+        (out / "config.json").write_text(json.dumps(vars(cfg), indent=2, default=str))
+    random.seed(cfg.seed)  # the same on every rank: they walk through the training questions together
+    torch.manual_seed(dist.seed_of_rank(cfg.seed))  # each rank samples its own responses
     algo = importlib.import_module(f"algorithms.{cfg.algo}")
     model, tokenizer = load_model(str(resume_from or warm_start), cfg.cache_dir, cfg.device)
     if cfg.grad_checkpointing:
@@ -529,7 +535,8 @@ def train(cfg):
     progress = load_checkpoint(resume_from, optimizer, value_head) if resume_from else Progress()
     # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
-    metrics_file = open(out / "metrics.jsonl", "w", buffering=1)  # line-buffered: each line on disk once logged
+    # line-buffered: each line on disk once logged; rank 0 alone writes it
+    metrics_file = open(out / "metrics.jsonl" if dist.is_main() else os.devnull, "w", buffering=1)
     metrics_file.writelines(lines)
 
     def log(metrics):
@@ -553,12 +560,12 @@ def train(cfg):
             start = time.time()
             if len(progress.order) < questions_per_step:  # a fresh shuffled epoch of the training questions
                 progress.order += random.sample(range(len(train_problems)), len(train_problems))
-            problems = [train_problems[i] for i in progress.order[:questions_per_step]]
+            problems = dist.share([train_problems[i] for i in progress.order[:questions_per_step]])
             progress.order = progress.order[questions_per_step:]
             rollout, batch, stats = rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems,
                                             algo, cfg)
             progress.rl_seconds += time.time() - start
-            metrics = {"step": step, **step_metrics(rollout, batch, stats, algo),
+            metrics = {"step": step, **step_metrics(dist.gather_rows(rollout), dist.gather_rows(batch), stats, algo),
                        "time/rl_seconds": progress.rl_seconds}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 metrics.update(run_eval(step))
@@ -576,7 +583,9 @@ def train(cfg):
               f"{shlex.quote(str(out))}")
         raise SystemExit(128 + signal.SIGINT)
 
-    save_atomically(out / "model", model, tokenizer, [("value_head.pt", value_head.state_dict())] if value_head else [])
+    if dist.is_main():
+        save_atomically(out / "model", model, tokenizer,
+                        [("value_head.pt", value_head.state_dict())] if value_head else [])
     summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": progress.accuracy[0],
                f"+ {cfg.algo} {cfg.steps} steps ({progress.rl_seconds:.0f} s)": progress.accuracy[cfg.steps]}
     if cfg.sft_baseline:
@@ -623,13 +632,14 @@ def response_records(rollout, texts):
 
 def evaluate(model, tokenizer, problems, cfg, k=0):
     """(metrics, a record per question): greedy accuracy, length, share cut off; with k samples avg@k, pass@n, maj@k."""
-    records = []
-    for i in range(0, len(problems), cfg.eval_batch):
-        chunk = problems[i:i + cfg.eval_batch]
+    records, mine = [], dist.share(problems)  # under torchrun each rank evaluates its share; records gathered below
+    for i in range(0, len(mine), cfg.eval_batch):
+        chunk = mine[i:i + cfg.eval_batch]
         greedy = response_records(*generate(model, tokenizer, chunk, cfg, temperature=0))
         sampled = response_records(*generate(model, tokenizer, chunk, cfg, group_size=k)) if k else []
         records += [dict(question=p.question, reference=p.answer, greedy=g, samples=sampled[j * k:(j + 1) * k])
                     for j, (p, g) in enumerate(zip(chunk, greedy))]
+    records = dist.concatenated(records)
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     metrics = {"accuracy": mean([r["greedy"]["correct"] for r in records]),
                "response_length": mean([r["greedy"]["tokens"] for r in records]),
@@ -643,8 +653,9 @@ def evaluate(model, tokenizer, problems, cfg, k=0):
 
 
 def write_jsonl(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if dist.is_main():  # rank 0 writes for all
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def print_table(title, rows):
@@ -694,7 +705,7 @@ def supervised_finetune(model, tokenizer, problems, cfg, steps=None, seconds=Non
     optimizer = make_optimizer([model], cfg.sft_lr)
     start, order = time.time(), []
     bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
-    while (steps is None or bar.n < steps) and (seconds is None or time.time() - start < seconds):
+    while (steps is None or bar.n < steps) and (seconds is None or dist.from_rank0(time.time() - start < seconds)):
         if len(order) < cfg.sft_batch:
             order += torch.randperm(len(problems)).tolist()
         rows, order = torch.tensor(order[:cfg.sft_batch]), order[cfg.sft_batch:]
@@ -750,15 +761,17 @@ class Progress:
 def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
     """out/checkpoint-<step>/ (an HF folder), then out/latest names it: both atomic, so `latest` is always whole."""
     path = out / f"checkpoint-{progress.step}"
+    # every rank's random streams, in rank order; the rest is the same on every rank, and rank 0 writes it
     state = dict(progress=dataclasses.asdict(progress), optimizer=optimizer.state_dict(), python_rng=random.getstate(),
-                 torch_rng=torch.get_rng_state(),
-                 cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+                 torch_rng=dist.gathered(torch.get_rng_state()),
+                 cuda_rng=dist.gathered(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None)
     extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
-    save_atomically(path, model, tokenizer, extra)
-    (out / "latest.tmp").write_text(path.name)
-    os.replace(out / "latest.tmp", out / "latest")
-    for old in set(out.glob("checkpoint-*")) - {path}:
-        shutil.rmtree(old)
+    if dist.is_main():
+        save_atomically(path, model, tokenizer, extra)
+        (out / "latest.tmp").write_text(path.name)
+        os.replace(out / "latest.tmp", out / "latest")
+        for old in set(out.glob("checkpoint-*")) - {path}:
+            shutil.rmtree(old)
     return path
 
 
@@ -769,9 +782,9 @@ def load_checkpoint(path, optimizer, value_head):
     if value_head is not None:
         value_head.load_state_dict(torch.load(path / "value_head.pt"))
     random.setstate(state["python_rng"])
-    torch.set_rng_state(state["torch_rng"])
+    torch.set_rng_state(dist.own(state["torch_rng"], f"--resume {path}"))
     if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        torch.cuda.set_rng_state_all(dist.own(state["cuda_rng"], f"--resume {path}"))
     return Progress(**state["progress"])
 
 
@@ -912,13 +925,19 @@ def precision(cfg):
 
 def main(argv):
     cfg = parse_args(argv)
-    make_run_folder(Path(cfg.out), not cfg.resume, "*/metrics.jsonl" if cfg.compare else "metrics.jsonl")
+    # under torchrun: join the other processes, each computing on its own GPU (or the CPU); algorithms/distributed.py
+    cfg.device, cfg.reference_device = dist.init(cfg.device, cfg.reference_device)
+    if dist.world_size() > 1 and (cfg.compare or cfg.prompts_per_step < dist.world_size()):
+        raise SystemExit("--compare starts its own processes: run it without torchrun" if cfg.compare else
+                         f"--prompts-per-step {cfg.prompts_per_step}: fewer than the {dist.world_size()} processes")
+    if dist.is_main():
+        make_run_folder(Path(cfg.out), not cfg.resume, "*/metrics.jsonl" if cfg.compare else "metrics.jsonl")
     torch.set_num_threads(cfg.threads)
     transformers.utils.logging.disable_progress_bar()  # one bar per phase is ours; no loading bars
     if cfg.compare and not cfg.eval_only:
         warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
         return importlib.import_module("algorithms.compare").main(cfg, argv)
-    with precision(cfg):
+    with precision(cfg), dist.rank0_prints():
         return evaluate_only(cfg) if cfg.eval_only else train(cfg)
 
 

@@ -21,6 +21,7 @@ with --partial-reward its reward R = 1 (correct) / 0.1 (an answer, but wrong) / 
 """
 import torch
 
+from algorithms import distributed
 from algorithms.common import aggregate_loss, at_least, clipped_surrogate, kl_estimate, masked_mean, masked_sum
 
 VALUE_HEAD = True                        # the loop adds a value head and passes its predictions to loss()
@@ -61,9 +62,10 @@ def gae(rewards, values, mask, gamma, lam):
 
 
 def whiten(x, mask, eps=1e-8):
-    """Shift and scale x to mean 0, variance 1 over the masked positions."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    """Shift and scale x to mean 0, variance 1 over the masked positions (of every rank's rows, under torchrun: the
+    whole batch's statistics, as one process would whiten it)."""
+    mean = distributed.masked_mean(x, mask)
+    var = distributed.masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
