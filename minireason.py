@@ -33,7 +33,8 @@ import torch.nn.functional as F
 import transformers
 from tqdm import tqdm
 
-from algorithms.common import above, at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
+from algorithms.common import (LOSS_AGGREGATIONS, above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
+                               masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
                                make_run_folder, resumable_run, save_atomically, save_checkpoint_folder,
@@ -837,7 +838,7 @@ def build_parser():
     a("--dual-clip", type=at_least(1.0, float), help="a token with A < 0 loses at most c|A| (2504.11343's code: 3)")
     a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the k3 KL to the warm-up in the loss (ppo: k1 "
       "in the reward); 0: no reference model")
-    a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
+    a("--loss-agg", default="token-mean", choices=LOSS_AGGREGATIONS, help="loss aggregation (algorithms/common.py)")
     a("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory")
     a("--reference-device", help="where the frozen reference model lives (default: --device)")
     for name in ALGORITHMS:  # each algorithm declares its own knobs next to its formula
