@@ -449,13 +449,17 @@ def set_gradient_checkpointing(model, on):
 # 8. The RL loop
 
 
-def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems, algo, cfg):
-    """One RL iteration on `problems`. Returns (rollout, the batch the update trained on or None, its stats)."""
-    # 1. sample group_size responses per question and grade them (continued SFT takes the reference chains)
+def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, next_problems, algo, cfg):
+    """One RL iteration on questions from next_problems(n). Returns (rollout, the batch trained on or None, stats)."""
+    # 1. sample group_size responses to prompts_per_step questions and grade them (or the algorithm decides how
+    # many questions: DAPO samples more); continued SFT takes as many reference chains as the others sample
+    def draw(n):
+        return generate(sampler, tokenizer, next_problems(n), cfg, group_size=cfg.group_size)[0]
     if getattr(algo, "REFERENCE_RESPONSES", False):
-        rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
+        rollout = reference_batch(tokenizer, next_problems(cfg.prompts_per_step * cfg.group_size),
+                                  cfg.instruction).to(cfg.device)
     else:
-        rollout, _ = generate(sampler, tokenizer, problems, cfg, group_size=cfg.group_size)
+        rollout = algo.sample_rollout(draw, cfg) if hasattr(algo, "sample_rollout") else draw(cfg.prompts_per_step)
     # 2. log-probs under the policy that sampled: the sampler gave them, unless it was a bf16 copy of the policy
     # (the update differentiates the fp32 weights) or nobody sampled (SFT); PPO also needs its value predictions
     if getattr(algo, "REFERENCE_RESPONSES", False) or sampler is not model or value_head is not None:
@@ -489,7 +493,7 @@ def step_metrics(rollout, batch, stats, algo):
     all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
     metrics = {"train/reward": rollout.rewards.mean().item(), "train/accuracy": rollout.correct.float().mean().item(),
                "train/entropy": masked_mean(rollout.entropy, mask).item(),
-               "train/response_length": mask.sum(-1).mean().item(),
+               "train/response_length": mask.sum(-1).mean().item(), "train/sampled_rows": len(rollout.rewards),
                "train/groups_all_correct": all_correct.float().mean().item(),
                "train/groups_all_wrong": all_wrong.float().mean().item(),
                "train/zero_advantage_tokens": masked_mean((rollout.advantages == 0).float(), mask).item(),
@@ -543,19 +547,20 @@ def train(cfg):
 
     if progress.step == 0:  # the starting point: the warm-up's held-out accuracy
         log({"step": 0, **run_eval(0)})
-    # continued SFT (--algo sft) takes as many reference chains per step as the others sample responses
-    questions_per_step = cfg.prompts_per_step * (cfg.group_size if getattr(algo, "REFERENCE_RESPONSES", False) else 1)
+
+    def next_problems(n):  # the next n training questions, from a fresh shuffled epoch when too few are left
+        if len(progress.order) < n:
+            progress.order += random.sample(range(len(train_problems)), len(train_problems))
+        chosen, progress.order = progress.order[:n], progress.order[n:]
+        return [train_problems[i] for i in chosen]
+
     bar = tqdm(range(progress.step + 1, cfg.steps + 1), initial=progress.step, total=cfg.steps, desc=cfg.algo,
                unit="step", dynamic_ncols=True)
     with ctrl_c_finishes_the_step() as ctrl_c:
         for step in bar:
             start = time.time()
-            if len(progress.order) < questions_per_step:  # a fresh shuffled epoch of the training questions
-                progress.order += random.sample(range(len(train_problems)), len(train_problems))
-            problems = [train_problems[i] for i in progress.order[:questions_per_step]]
-            progress.order = progress.order[questions_per_step:]
-            rollout, batch, stats = rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems,
-                                            algo, cfg)
+            rollout, batch, stats = rl_step(model, sampler, reference, value_head, optimizer, tokenizer,
+                                            next_problems, algo, cfg)
             progress.rl_seconds += time.time() - start
             metrics = {"step": step, **step_metrics(rollout, batch, stats, algo),
                        "time/rl_seconds": progress.rl_seconds}
