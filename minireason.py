@@ -41,7 +41,8 @@ from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model
                                smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task
 
-ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
+ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft",
+              "drgrpo", "dapo", "gspo", "rloo", "reinforcepp")  # the variants of GRPO since 2025
 
 # ----------------------------------------------------------------------------------------------------
 # 1. The task and its reward. The tasks (built-in arithmetic, GSM8K and MATH files) are in algorithms/tasks.py;
