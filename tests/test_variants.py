@@ -200,13 +200,14 @@ def test_rloo_baseline_leaves_the_sample_itself_out():
 
 
 def test_reinforcepp_baseline_normalises_over_the_batch_tokens():
-    # groups [right, wrong] of 1 and 3 tokens and [right, right] of 2 and 2: r - group mean = [1, -1, 0, 0].
-    # Over the 8 tokens: mean (1 - 3) / 8 = -0.25, variance (1.25² + 3 · 0.75² + 4 · 0.25²) / 8 = 0.4375.
-    # (GRPO's group std: [0.71, -0.71, 0, 0]; statistics over rows instead of tokens: [1.41, -1.41, 0, 0].)
-    r = rollout([1.0, 0.0, 1.0, 1.0], group_size=2, lengths=[1, 3, 2, 2])
+    # groups [right, wrong] of 1 and 3 tokens and [right, wrong but answered (0.1)] of 2 and 2 tokens:
+    # r = [1, -1], [1, -0.8]; minus the group mean: [1, -1], [0.9, -0.9]. Over the batch's 8 tokens:
+    # mean (1 - 3 + 1.8 - 1.8) / 8 = -0.25, variance (1.25² + 3 · 0.75² + 2 · 1.15² + 2 · 0.65²) / 8 = 0.8425.
+    # (GRPO's group std: ±0.71 in both groups; statistics over rows: mean 0, std √0.905.)
+    r = rollout([1.0, 0.0, 1.0, 0.1], group_size=2, lengths=[1, 3, 2, 2])
     adv = reinforcepp.advantages(r, CFG)
-    std = math.sqrt(0.4375)
-    assert per_row(adv) == pytest.approx([1.25 / std, -0.75 / std, 0.25 / std, 0.25 / std], abs=1e-5)
+    std = math.sqrt(0.8425)
+    assert per_row(adv) == pytest.approx([1.25 / std, -0.75 / std, 1.15 / std, -0.65 / std], abs=1e-5)
     assert adv[1].tolist() == pytest.approx([-0.75 / std] * 3, abs=1e-5) and adv[0, 1:].tolist() == [0.0, 0.0]
 
 
