@@ -51,7 +51,8 @@ def informative_groups(rollout, cfg):
 
 
 def concatenate(rollouts):
-    """Rollouts sampled in rounds -> one, each (B, ...) field stacked, padded to the widest where (B, width)."""
+    """Rollouts sampled in rounds -> one, each (B, ...) field stacked, and (B, width) ones padded with 0 to the
+    widest (the masks, not the padding value, say which positions are real)."""
     def cat(name, tensors):
         if tensors[0].dim() == 1:
             return torch.cat(tensors)
@@ -64,7 +65,9 @@ def concatenate(rollouts):
 
 
 def sample_rollout(draw, cfg):
-    """Dynamic sampling: draw(n) samples and grades group_size responses to each of the next n questions."""
+    """Dynamic sampling. draw(n) samples and grades group_size responses to each of the next n questions: draw
+    prompts_per_step, then as many again while fewer than prompts_per_step groups are informative, at most
+    MAX_EXTRA_ROUNDS times. Returns every round's rows in one rollout; keep_rows picks those trained on."""
     rollouts = [draw(cfg.prompts_per_step)]
     for _ in range(MAX_EXTRA_ROUNDS):
         if sum(int(informative_groups(r, cfg).sum()) for r in rollouts) >= cfg.prompts_per_step:
