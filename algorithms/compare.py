@@ -221,6 +221,13 @@ def findings(runs, eval_steps):
     return out
 
 
+def budget_notes(runs, config):
+    """The arms whose samples per step differ from the others', in brackets (or nothing, when none of them ran)."""
+    notes = {"sft": f"sft: {config['prompts_per_step'] * config['group_size']} reference chains",
+             "dapo": "dapo: more questions while too few groups can teach, see train/sampled_rows"}
+    return f" ({'; '.join(note for arm, note in notes.items() if arm in runs)})" if set(notes) & set(runs) else ""
+
+
 def write_report(out, command, wall_seconds, jobs):
     """results.md and curves.png from the runs under `out`. Returns the path of results.md."""
     runs = load_runs(out)
@@ -234,8 +241,8 @@ def write_report(out, command, wall_seconds, jobs):
              f"`{command}`: the runs took {wall_seconds / 60:.1f} min wall on {platform.machine()} with "
              f"{len(os.sched_getaffinity(0))} CPU cores ({jobs} at a time), torch {torch.__version__}.",
              f"Task `{config['data']}`, model `{config['model']}`, {config['steps']} steps of {config['prompts_per_step']} "
-             f"questions × {config['group_size']} samples (sft: {config['prompts_per_step'] * config['group_size']} reference "
-             f"chains), all from the same cached warm-up. Per-run config and metrics: `<arm>-seed<s>/`.",
+             f"questions × {config['group_size']} samples{budget_notes(runs, config)}, all from the same cached warm-up. "
+             "Per-run config and metrics: `<arm>-seed<s>/`.",
              "",
              f"## Held-out greedy accuracy, % (mean ± std over {n_seeds} seeds, {config['n_test']} questions)",
              "",
