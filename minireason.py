@@ -34,14 +34,16 @@ import transformers
 from tqdm import tqdm
 
 from algorithms import distributed as dist
-from algorithms.common import above, at_least, entropy_from_logits, group_outcomes, kl_estimate, masked_mean
+from algorithms.common import (LOSS_AGGREGATIONS, above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
+                               masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
                                make_run_folder, resumable_run, save_atomically, save_checkpoint_folder,
                                smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task
 
-ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft")
+ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft",
+              "drgrpo", "dapo", "gspo", "rloo", "reinforcepp")  # the variants of GRPO since 2025
 
 # ----------------------------------------------------------------------------------------------------
 # 1. The task and its reward. The tasks (built-in arithmetic, GSM8K and MATH files) are in algorithms/tasks.py;
@@ -452,15 +454,19 @@ def set_gradient_checkpointing(model, on):
 # 8. The RL loop
 
 
-def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems, algo, cfg):
-    """One RL iteration on `problems`: sample and grade (SFT: take the reference chains), old log-probs, reference
-    log-probs (when there is a reference), advantages (PPO: and returns), the rows to train on (algo.keep_rows), the
-    update, the sampler refreshed. Returns (rollout, the batch the update trained on or None, its stats)."""
-    # 1. sample group_size responses per question and grade them (continued SFT takes the reference chains)
+def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, next_problems, algo, cfg):
+    """One RL iteration on questions from next_problems(n): sample and grade (SFT: take the reference chains), old
+    log-probs, reference log-probs (when there is a reference), advantages (PPO: and returns), the rows to train on
+    (algo.keep_rows), the update, the sampler refreshed. Returns (rollout, the batch trained on or None, stats)."""
+    # 1. sample group_size responses to prompts_per_step questions and grade them (or the algorithm decides how
+    # many questions: DAPO samples more); continued SFT takes as many reference chains as the others sample
+    def draw(n):
+        return generate(sampler, tokenizer, next_problems(n), cfg, group_size=cfg.group_size)[0]
     if getattr(algo, "REFERENCE_RESPONSES", False):
-        rollout = reference_batch(tokenizer, problems, cfg.instruction).to(cfg.device)
+        rollout = reference_batch(tokenizer, next_problems(cfg.prompts_per_step * cfg.group_size),
+                                  cfg.instruction).to(cfg.device)
     else:
-        rollout, _ = generate(sampler, tokenizer, problems, cfg, group_size=cfg.group_size)
+        rollout = algo.sample_rollout(draw, cfg) if hasattr(algo, "sample_rollout") else draw(cfg.prompts_per_step)
     # 2. log-probs under the policy that sampled: the sampler gave them, unless it was a bf16 copy of the policy
     # (the update differentiates the fp32 weights) or nobody sampled (SFT); PPO also needs its value predictions
     if getattr(algo, "REFERENCE_RESPONSES", False) or sampler is not model or value_head is not None:
@@ -495,7 +501,7 @@ def step_metrics(rollout, batch, stats, algo):
     all_correct, all_wrong = group_outcomes(rollout.correct, rollout.group_size)
     metrics = {"train/reward": rollout.rewards.mean().item(), "train/accuracy": rollout.correct.float().mean().item(),
                "train/entropy": masked_mean(rollout.entropy, mask).item(),
-               "train/response_length": mask.sum(-1).mean().item(),
+               "train/response_length": mask.sum(-1).mean().item(), "train/sampled_rows": len(rollout.rewards),
                "train/groups_all_correct": all_correct.float().mean().item(),
                "train/groups_all_wrong": all_wrong.float().mean().item(),
                "train/zero_advantage_tokens": masked_mean((rollout.advantages == 0).float(), mask).item(),
@@ -551,19 +557,20 @@ def train(cfg):
 
     if progress.step == 0:  # the starting point: the warm-up's held-out accuracy
         log({"step": 0, **run_eval(0)})
-    # continued SFT (--algo sft) takes as many reference chains per step as the others sample responses
-    questions_per_step = cfg.prompts_per_step * (cfg.group_size if getattr(algo, "REFERENCE_RESPONSES", False) else 1)
+
+    def next_problems(n):  # the next n training questions (under torchrun: this rank's share of them)
+        if len(progress.order) < n:  # a fresh shuffled epoch when too few are left
+            progress.order += random.sample(range(len(train_problems)), len(train_problems))
+        chosen, progress.order = progress.order[:n], progress.order[n:]
+        return dist.share([train_problems[i] for i in chosen])
+
     bar = tqdm(range(progress.step + 1, cfg.steps + 1), initial=progress.step, total=cfg.steps, desc=cfg.algo,
                unit="step", dynamic_ncols=True)
     with ctrl_c_finishes_the_step() as ctrl_c:
         for step in bar:
             start = time.time()
-            if len(progress.order) < questions_per_step:  # a fresh shuffled epoch of the training questions
-                progress.order += random.sample(range(len(train_problems)), len(train_problems))
-            problems = dist.share([train_problems[i] for i in progress.order[:questions_per_step]])
-            progress.order = progress.order[questions_per_step:]
-            rollout, batch, stats = rl_step(model, sampler, reference, value_head, optimizer, tokenizer, problems,
-                                            algo, cfg)
+            rollout, batch, stats = rl_step(model, sampler, reference, value_head, optimizer, tokenizer,
+                                            next_problems, algo, cfg)
             progress.rl_seconds += time.time() - start
             metrics = {"step": step, **step_metrics(dist.gather_rows(rollout), dist.gather_rows(batch), stats, algo),
                        "time/rl_seconds": progress.rl_seconds}
@@ -852,7 +859,7 @@ def build_parser():
     a("--dual-clip", type=at_least(1.0, float), help="a token with A < 0 loses at most c|A| (2504.11343's code: 3)")
     a("--kl-coef", type=at_least(0.0, float), default=0.001, help="β of the k3 KL to the warm-up in the loss (ppo: k1 "
       "in the reward); 0: no reference model")
-    a("--loss-agg", default="token-mean", choices=("token-mean", "seq-mean-token-mean"), help="loss aggregation")
+    a("--loss-agg", default="token-mean", choices=LOSS_AGGREGATIONS, help="loss aggregation (algorithms/common.py)")
     a("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory")
     a("--reference-device", help="where the frozen reference model lives (default: --device)")
     for name in ALGORITHMS:  # each algorithm declares its own knobs next to its formula

@@ -1,5 +1,5 @@
 """What every algorithm shares: masked means, loss aggregation, the clipped surrogate, KL estimators,
-entropy and group statistics. Each is one small function; the algorithm files only call them.
+entropy, group statistics and whitening. Each is one small function; the algorithm files only call them.
 
 Notation:
     logp          log-prob of a sampled token under the policy being trained        (B, T)
@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from algorithms import distributed
+
 
 def masked_sum(x, mask, dim=None):
     """Sum of x over the positions where mask is 1."""
@@ -24,20 +26,27 @@ def masked_mean(x, mask, dim=None):
     return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)
 
 
-def aggregate_loss(token_loss, mask, mode, n_tokens, n_rows):
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def aggregate_loss(token_loss, mask, mode, n_tokens, n_rows, max_tokens=None):
     """Reduce a per-token loss (B, T) to a scalar.
 
-    token-mean            sum_{i,t} L * mask / (tokens in the mini-batch)      (verl's default, 2504.11343)
-    seq-mean-token-mean   mean_i ( sum_t L * mask / |o_i| )                    (the GRPO paper's form)
+    token-mean               sum_{i,t} L * mask / (tokens in the mini-batch)   (verl's default, 2504.11343, DAPO)
+    seq-mean-token-mean      mean_i ( sum_t L * mask / |o_i| )                 (the GRPO paper's form)
+    seq-mean-token-sum-norm  sum_{i,t} L * mask / (rows * max_tokens)          (Dr. GRPO, arXiv 2503.20783: a
+                             constant normaliser, so no response's tokens weigh more for being in a short one)
 
     A mini-batch may be split into micro-batches whose gradients are accumulated, so the normaliser is the
     whole mini-batch's token count (n_tokens) or row count (n_rows), not this micro-batch's: the micro-batch
-    losses then add up to exactly the mini-batch loss.
+    losses then add up to exactly the mini-batch loss. max_tokens is the response length limit L_max.
     """
     if mode == "token-mean":
         return masked_sum(token_loss, mask) / n_tokens
     if mode == "seq-mean-token-mean":
         return masked_mean(token_loss, mask, dim=1).sum() / n_rows
+    if mode == "seq-mean-token-sum-norm":
+        return masked_sum(token_loss, mask) / (n_rows * max_tokens)
     raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
@@ -103,6 +112,14 @@ def per_row(group_values, group_size):
     return group_values.repeat_interleave(group_size)
 
 
+def whiten(x, mask, eps=1e-8):
+    """Shift and scale x (B, T) to mean 0, variance 1 over the masked positions (PPO's advantages, REINFORCE++'s);
+    under torchrun over every rank's rows: the whole batch's statistics, as one process would whiten it."""
+    mean = distributed.masked_mean(x, mask)
+    var = distributed.masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
 def clipped_policy_loss(logp, batch, cfg):
     """The loss GRPO, Reinforce, Reinforce-Rej and RAFT++ share; they differ only in batch.advantages.
 
@@ -119,7 +136,7 @@ def clipped_policy_loss(logp, batch, cfg):
     if cfg.kl_coef:
         token_loss = token_loss + cfg.kl_coef * kl_estimate(logp, batch.ref_logprobs, "k3")
     mask = batch.response_mask
-    return aggregate_loss(token_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows), {
+    return aggregate_loss(token_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows, cfg.max_new_tokens), {
         "clip_fraction": (masked_sum(clipped.float(), mask) / batch.n_tokens).item()}
 
 

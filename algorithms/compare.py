@@ -1,6 +1,7 @@
 """The papers' comparison in miniature: every algorithm from the same warm-up, over seeds, in one command.
 
     python minireason.py --compare          # 10 arms x 3 seeds on the default task, under 30 min on 2 CPU cores
+    python minireason.py --compare --arms grpo,drgrpo,dapo,gspo,rloo,reinforcepp   # any arms of ARMS
 
 Each (arm, seed) is an ordinary run of minireason.py in a process of its own, with its own run folder
 (<out>/<arm>-seed<s>/: config.json, metrics.jsonl, log.txt). --jobs of them run at a time with one CPU thread
@@ -27,8 +28,9 @@ from algorithms import common
 
 MAIN = Path(__file__).resolve().parents[1] / "minireason.py"
 
-# arm name -> the flags that make it; the last two are the ablations 2504.11343 uses to explain GRPO's gain
-ARMS = {
+# arm name -> the flags that make it. The default comparison: the algorithms of 2504.11343 and ReFT, and (the
+# last two) the ablations 2504.11343 uses to explain GRPO's gain.
+PAPER_ARMS = {
     "sft": ["--algo", "sft"],  # continued SFT: ReFT's baseline
     "raft": ["--algo", "raft"],
     "raftpp": ["--algo", "raftpp"],
@@ -40,6 +42,9 @@ ARMS = {
     "reinforce_rej-all-wrong": ["--algo", "reinforce_rej", "--reject-groups", "all-wrong"],  # Reinforce + remove all-wrong
     "grpo-no-std": ["--algo", "grpo", "--no-std-normalize"],
 }
+# the variants of GRPO since 2025, each a file in algorithms/: compared with --arms
+VARIANT_ARMS = {name: ["--algo", name] for name in ("drgrpo", "dapo", "gspo", "rloo", "reinforcepp")}
+ARMS = PAPER_ARMS | VARIANT_ARMS
 # --compare's own defaults (flags still win): 32 questions x 4 samples is the paper's n = 4 and keeps the 30 runs
 # under 30 minutes on 2 cores; evaluating every 5 steps gives the early-vs-late finding points to stand on.
 DEFAULTS = dict(group_size=4, eval_every=5)
@@ -47,30 +52,41 @@ LAST = 5  # final entropy and KL are averaged over the last LAST steps (one step
 
 
 def add_flags(flags):
-    flags.add_argument("--compare", action="store_true", help="train every algorithm and two ablations over --seeds "
-                       "seeds with the other flags given, then write results.md and curves.png")
+    flags.add_argument("--compare", action="store_true", help="train every algorithm and two ablations (or --arms) "
+                       "over --seeds seeds with the other flags given, then write results.md and curves.png")
+    flags.add_argument("--arms", type=arm_list, default=",".join(PAPER_ARMS),
+                       help=f"--compare: the arms to run, comma-separated, of: {', '.join(ARMS)}")
     flags.add_argument("--seeds", type=common.at_least(1), default=3, help="--compare: seeds per algorithm")
     flags.add_argument("--jobs", type=common.at_least(1), default=len(os.sched_getaffinity(0)),
                        help="--compare: runs at a time")
 
 
+def arm_list(text):
+    """--arms: comma-separated names of ARMS -> a list, each once, in the order given."""
+    arms = list(dict.fromkeys(name.strip() for name in text.split(",")))
+    unknown = [name for name in arms if name not in ARMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no arm named {', '.join(map(repr, unknown))}; there are {', '.join(ARMS)}")
+    return arms
+
+
 def main(cfg, argv):
     """`python minireason.py --compare ...`: every run gets the user's flags but those of the comparison itself."""
     own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--seeds", "--jobs", "--out", "--algo"):
+    for flag in ("--seeds", "--jobs", "--out", "--algo", "--arms"):
         own.add_argument(flag)
     own.add_argument("--compare", action="store_true")
     shared_args = own.parse_known_args(argv)[1] + [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in DEFAULTS]
-    report = run(Path(cfg.out), shared_args, cfg.seeds, cfg.jobs, " ".join(["python minireason.py", *argv]))
+    report = run(Path(cfg.out), shared_args, cfg.seeds, cfg.jobs, " ".join(["python minireason.py", *argv]), cfg.arms)
     print(f"\n{report.read_text()}\nwritten to {report} and {report.parent / 'curves.png'}")
 
 
-def run(out, shared_args, seeds, jobs, command):
-    """Train every arm for every seed, `jobs` processes at a time, then write the report.
+def run(out, shared_args, seeds, jobs, command, arms):
+    """Train each of `arms` for every seed, `jobs` processes at a time, then write the report.
     shared_args: the user's flags, passed on to every run. Returns the path of results.md."""
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, len(os.sched_getaffinity(0)) // jobs)))
-    runs = [(arm, seed) for seed in range(seeds) for arm in ARMS]
+    runs = [(arm, seed) for seed in range(seeds) for arm in arms]
 
     def train_one(arm, seed):
         run_dir = out / f"{arm}-seed{seed}"
@@ -205,6 +221,13 @@ def findings(runs, eval_steps):
     return out
 
 
+def budget_notes(runs, config):
+    """The arms whose samples per step differ from the others', in brackets (or nothing, when none of them ran)."""
+    notes = {"sft": f"sft: {config['prompts_per_step'] * config['group_size']} reference chains",
+             "dapo": "dapo: more questions while too few groups can teach, see train/sampled_rows"}
+    return f" ({'; '.join(note for arm, note in notes.items() if arm in runs)})" if set(notes) & set(runs) else ""
+
+
 def write_report(out, command, wall_seconds, jobs):
     """results.md and curves.png from the runs under `out`. Returns the path of results.md."""
     runs = load_runs(out)
@@ -218,8 +241,8 @@ def write_report(out, command, wall_seconds, jobs):
              f"`{command}`: the runs took {wall_seconds / 60:.1f} min wall on {platform.machine()} with "
              f"{len(os.sched_getaffinity(0))} CPU cores ({jobs} at a time), torch {torch.__version__}.",
              f"Task `{config['data']}`, model `{config['model']}`, {config['steps']} steps of {config['prompts_per_step']} "
-             f"questions × {config['group_size']} samples (sft: {config['prompts_per_step'] * config['group_size']} reference "
-             f"chains), all from the same cached warm-up. Per-run config and metrics: `<arm>-seed<s>/`.",
+             f"questions × {config['group_size']} samples{budget_notes(runs, config)}, all from the same cached warm-up. "
+             "Per-run config and metrics: `<arm>-seed<s>/`.",
              "",
              f"## Held-out greedy accuracy, % (mean ± std over {n_seeds} seeds, {config['n_test']} questions)",
              "",
@@ -233,7 +256,8 @@ def write_report(out, command, wall_seconds, jobs):
     lines += ["", "Entropy is the policy's mean per-token entropy on the responses it trains on (sft: on the "
               "reference chains); KL is k3 to the warm-up on the same tokens. Seed noise below is two standard "
               "errors of the difference of two arms' means.", "", "## The papers' findings", ""]
-    lines += findings(runs, eval_steps) + ["", "![curves](curves.png)", ""]
+    lines += (findings(runs, eval_steps) or ["None of them: each needs arms that were not run (the default --arms)."]
+              + ["", "![curves](curves.png)", ""])
     (out / "results.md").write_text("\n".join(lines))
     plot(runs, out / "curves.png")
     return out / "results.md"
@@ -245,8 +269,9 @@ def plot(runs, path):
     matplotlib.use("Agg")  # files only, no screen
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    colours = plt.cm.tab10 if len(runs) <= 10 else plt.cm.tab20  # one colour per arm
     for i, (arm, seeds) in enumerate(runs.items()):
-        style = dict(color=plt.cm.tab10(i), linestyle="--" if "-" in arm else "-", label=arm)
+        style = dict(color=colours(i), linestyle="--" if "-" in arm else "-", label=arm)
         for ax, key, scale in ((axes[0], "eval/accuracy", 100), (axes[1], "train/entropy", 1)):
             steps = sorted(curve(seeds[0], key))
             values = [[scale * curve(s, key)[step] for s in seeds] for step in steps]

@@ -21,8 +21,8 @@ with --partial-reward its reward R = 1 (correct) / 0.1 (an answer, but wrong) / 
 """
 import torch
 
-from algorithms import distributed
-from algorithms.common import aggregate_loss, at_least, clipped_surrogate, kl_estimate, masked_mean, masked_sum
+from algorithms.common import (aggregate_loss, at_least, clipped_surrogate, kl_estimate, masked_mean, masked_sum,
+                               whiten)
 
 VALUE_HEAD = True                        # the loop adds a value head and passes its predictions to loss()
 DEFAULTS = dict(kl_coef=0.05, epochs=2)  # ReFT's β (in the reward, not the loss) and PPO epochs
@@ -61,14 +61,6 @@ def gae(rewards, values, mask, gamma, lam):
     return advantages * mask, (advantages + values) * mask
 
 
-def whiten(x, mask, eps=1e-8):
-    """Shift and scale x to mean 0, variance 1 over the masked positions (of every rank's rows, under torchrun: the
-    whole batch's statistics, as one process would whiten it)."""
-    mean = distributed.masked_mean(x, mask)
-    var = distributed.masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
-
-
 def advantages(rollout, cfg):
     """Whitened GAE advantages (B, T)."""
     adv, _ = gae(token_rewards(rollout, cfg), rollout.old_values, rollout.response_mask, cfg.gamma, cfg.lam)
@@ -101,6 +93,7 @@ def loss(logp, batch, cfg, values):
     policy_loss, clipped = clipped_surrogate(logp, batch.old_logprobs, batch.advantages, cfg.clip_low, cfg.clip_high,
                                              cfg.dual_clip)
     value_loss = clipped_value_loss(values, batch.old_values, batch.returns, cfg.value_clip)
-    total = aggregate_loss(policy_loss + cfg.value_coef * value_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows)
+    total = aggregate_loss(policy_loss + cfg.value_coef * value_loss, mask, cfg.loss_agg, batch.n_tokens, batch.n_rows,
+                           cfg.max_new_tokens)
     return total, {"clip_fraction": (masked_sum(clipped.float(), mask) / batch.n_tokens).item(),
                    "value_loss": (masked_sum(value_loss.detach(), mask) / batch.n_tokens).item()}

@@ -31,4 +31,4 @@ def advantages(rollout, cfg):
 def loss(logp, batch, cfg):
     """-A · log π over the kept tokens, aggregated like the other algorithms. (scalar, stats)"""
     return aggregate_loss(-batch.advantages * logp, batch.response_mask, cfg.loss_agg, batch.n_tokens,
-                          batch.n_rows), {}
+                          batch.n_rows, cfg.max_new_tokens), {}

@@ -48,14 +48,14 @@ def minireason_side(args):
     torch.manual_seed(0)
     model, tokenizer = M.load_model(cfg.model, cfg.cache_dir, "cpu")
     optimizer = M.make_optimizer([model], cfg.lr)
-    questions = problems(args, 2 * PROMPTS)
+    questions = iter(problems(args, 2 * PROMPTS))
     # as in minireason.train: in bf16 a bf16 copy samples and the fp32 weights re-score the rollout under autocast
     sampler = copy.deepcopy(model).to(torch.bfloat16) if args.dtype == "bf16" else model
     with M.precision(cfg):
         for iteration in range(2):
             start = time.perf_counter()
             rollout, _, _ = M.rl_step(model, sampler, None, None, optimizer, tokenizer,
-                                      questions[iteration * PROMPTS:(iteration + 1) * PROMPTS], grpo, cfg)
+                                      lambda n: [next(questions) for _ in range(n)], grpo, cfg)
             seconds = time.perf_counter() - start
     return dict(seconds=seconds, peak_gib=peak_gib(), tokens=int(rollout.response_mask.sum()))
 

@@ -13,7 +13,7 @@ from algorithms.common import clipped_surrogate
 
 CFG = SimpleNamespace(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.0, loss_agg="token-mean", std_normalize=True,
                       reject_groups="all-same", reject_by="zero", gamma=1.0, lam=0.95, value_clip=0.2,
-                      value_coef=5.0, dpo_beta=0.1)
+                      value_coef=5.0, dpo_beta=0.1, max_new_tokens=64)
 
 
 def cfg(**changes):

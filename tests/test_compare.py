@@ -74,10 +74,41 @@ def test_compare_runs_every_arm_end_to_end(tmp_path, capsys):
             "--prompts-per-step", "4", "--max-new-tokens", "8", "--eval-every", "1", "--kl-coef", "0.01",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "cmp")])
     results = (tmp_path / "cmp" / "results.md").read_text()
-    for arm in compare.ARMS:
+    for arm in compare.PAPER_ARMS:  # the default --arms
         assert f"\n| {arm} | " in results
         config = json.loads((tmp_path / "cmp" / f"{arm}-seed0" / "config.json").read_text())
         assert (config["steps"], config["group_size"], config["kl_coef"]) == (1, 4, 0.01)  # flags reach every run
     assert json.loads((tmp_path / "cmp" / "grpo-no-std-seed0" / "config.json").read_text())["std_normalize"] is False
-    assert len(list((tmp_path / "cmp").glob("*-seed0/metrics.jsonl"))) == len(compare.ARMS)
+    assert len(list((tmp_path / "cmp").glob("*-seed0/metrics.jsonl"))) == len(compare.PAPER_ARMS) == 10
     assert "## The papers' findings" in capsys.readouterr().out
+
+
+def test_arms_flag_names_arms_of_the_table_once_each(capsys):
+    assert M.parse_args(["--compare", "--arms", "grpo, dapo,grpo"]).arms == ["grpo", "dapo"]
+    assert M.parse_args(["--compare"]).arms == list(FINAL)  # the default: the papers' ten arms, as before
+    with pytest.raises(SystemExit):
+        M.parse_args(["--compare", "--arms", "grpo,dapo2"])
+    assert "argument --arms: no arm named 'dapo2'; there are sft, raft" in capsys.readouterr().err
+
+
+def test_report_leaves_out_the_findings_whose_arms_were_not_run(tmp_path):
+    fake_runs(tmp_path / "some", {arm: FINAL[arm] for arm in ("grpo", "raftpp")} | {"dapo": [0.55, 0.56, 0.57]})
+    text = compare.write_report(tmp_path / "some", "python minireason.py --compare", 600, jobs=2).read_text()
+    assert "| dapo | 40.0 ± 0.0 | 45.0 ± 0.0 | 56.0 ± 1.0 |" in text
+    findings = text.split("## The papers' findings")[1]
+    assert "2. *RAFT++ learns faster than GRPO early" in findings   # its two arms ran
+    assert all(f"{n}. *" not in findings for n in (1, 3, 4))         # each lacks an arm
+    fake_runs(tmp_path / "none", {"grpo": FINAL["grpo"], "dapo": [0.55, 0.56, 0.57]})
+    text = compare.write_report(tmp_path / "none", "python minireason.py --compare", 600, jobs=2).read_text()
+    assert "None of them: each needs arms that were not run" in text
+
+
+def test_compare_runs_the_arms_asked_for_and_only_those(tmp_path):
+    M.main(["--compare", "--arms", "rloo,dapo", "--seeds", "1", "--steps", "1", "--sft-steps", "3", "--n-train", "16",
+            "--n-test", "8", "--prompts-per-step", "4", "--max-new-tokens", "8", "--eval-every", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "cmp")])
+    assert sorted(p.parent.name for p in (tmp_path / "cmp").glob("*/metrics.jsonl")) == ["dapo-seed0", "rloo-seed0"]
+    results = (tmp_path / "cmp" / "results.md").read_text()
+    assert "\n| rloo | " in results and "\n| dapo | " in results and "2 arms × 1 seeds" in results
+    config = json.loads((tmp_path / "cmp" / "dapo-seed0" / "config.json").read_text())
+    assert (config["algo"], config["clip_high"], config["group_size"]) == ("dapo", 0.28, 4)  # its paper's defaults

@@ -20,7 +20,7 @@ SMALL_MODEL = dict(M.TINY_MODEL, hidden_size=32, intermediate_size=64, num_hidde
 # a GRPO setting where the update is linear in the gradient: SGD (AdamW would hide a gradient twice too large, as it
 # divides by the gradient's own scale) and no clipping (clipping would hide it too)
 CFG = SimpleNamespace(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.0, std_normalize=True, temperature=1.0,
-                      epochs=1, minibatches=2, grad_clip=1e9)
+                      epochs=1, minibatches=2, grad_clip=1e9, max_new_tokens=64)
 # response lengths: the first half of the groups (rank 0's) long, the second half (rank 1's) short, so each rank's own
 # token count is far from half of the whole batch's (42 + 10 + ... tokens against 12 + 3 + ...)
 LENGTHS = [9, 13, 11, 12, 10, 14, 12, 8, 2, 4, 3, 1, 2, 5, 1, 3]

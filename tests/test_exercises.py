@@ -190,7 +190,8 @@ def test_clipped_surrogate_gradient_at_ratio_one_and_a_huge_ratio():
     assert loss.item() == pytest.approx(math.exp(20), rel=1e-5)
 
 
-POLICY_CFG = SimpleNamespace(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.1, loss_agg="token-mean")
+POLICY_CFG = SimpleNamespace(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.1, loss_agg="token-mean",
+                            max_new_tokens=64)
 
 
 def policy_batch(n_tokens, n_rows, with_reference=True):
@@ -502,6 +503,11 @@ def rl_config(algo, **changes):
     return SimpleNamespace(**{**vars(cfg), **changes})
 
 
+def questions(problems):
+    """rl_step's next_problems(n): the next n of these questions."""
+    return lambda n: problems[:n]
+
+
 def even_length_wins(texts, references, stopped):
     """A reward the untrained model earns about half of the time, so groups are mixed."""
     return [len(t) % 2 == 0 for t in texts]
@@ -524,7 +530,7 @@ def test_rl_step_grpo_samples_scores_updates_and_refreshes_the_sampler(tiny, mon
     cfg = rl_config("grpo", kl_coef=0.1)
     optimizer = M.make_optimizer([model], cfg.lr)
     rollout, batch, stats = M.rl_step(model, sampler, reference, None, optimizer, tokenizer,
-                                      make_arith_problems(4, seed=0), grpo, cfg)
+                                      questions(make_arith_problems(4, seed=0)), grpo, cfg)
     texts = M.decode_responses(tokenizer, rollout.response_ids, rollout.response_mask)
     assert rollout.rewards.tolist() == [float(len(t) % 2 == 0) for t in texts]
     assert len(texts) == 16 and len(batch.rewards) == 16  # GRPO trains on every row
@@ -548,7 +554,7 @@ def test_rl_step_trains_raft_on_the_rows_it_keeps(tiny, monkeypatch):
     model, tokenizer = copy.deepcopy(tiny[0]), tiny[1]
     cfg = rl_config("raft", kl_coef=0.0)
     rollout, batch, _ = M.rl_step(model, model, None, None, M.make_optimizer([model], cfg.lr), tokenizer,
-                                  make_arith_problems(4, seed=1), raft, cfg)
+                                  questions(make_arith_problems(4, seed=1)), raft, cfg)
     right = int(rollout.rewards.sum())
     assert 0 < right < 16
     assert len(batch.rewards) == right and batch.rewards.eq(1).all() and batch.group_size == 1
@@ -562,6 +568,6 @@ def test_rl_step_with_nothing_to_train_on_leaves_the_model(tiny, monkeypatch):
     before = parameters(model)
     cfg = rl_config("raft", kl_coef=0.0)
     rollout, batch, stats = M.rl_step(model, model, None, None, M.make_optimizer([model], cfg.lr), tokenizer,
-                                      make_arith_problems(4, seed=2), raft, cfg)
+                                      questions(make_arith_problems(4, seed=2)), raft, cfg)
     assert batch is None and stats == {} and len(rollout.rewards) == 16
     assert all(torch.equal(a, b) for a, b in zip(parameters(model), before))
