@@ -107,13 +107,19 @@ def test_a_run_that_cannot_fit_is_refused_with_the_flags_that_fit():
     # micro-batches of 2 groups (2 prompts, 4 rows): tokens 2 · 3 + 4 · 5 = 26, keys and values 8 · (2 · 3 · 4 +
     # 4 · 8 · 8) = 2240, activations 2 · (26 · 512 + 2240) + 26 · 512 = 44416, chunk 3 · 4 · 5 · 10 · 4 = 2400:
     # 20352 + (5088 + 44416 + 2400) + 5696 = 77952. Checkpointed: 4 · 8 · 1152 = 36864 -> 70400; then
-    # micro-batches of 2 rows: 18432 and 1200 -> 50768
+    # micro-batches of 2 rows: 18432 and 1200 -> 50768. Micro-batches of 2 rows alone: 54544 (as above)
     assert memory.check(SMALL, run_flags(micro_batch=4), 3, 10, 2 ** 25, available=77952).total == 77952
     line = refusal(72000, micro_batch=4)
     assert "\n" not in line and line.startswith("--device cpu: the run needs ~0 MiB")
     assert line.endswith("it fits with --grad-checkpointing (~0 MiB)")
-    assert refusal(60000, micro_batch=4).endswith("it fits with --grad-checkpointing --micro-batch 2 (~0 MiB)")
-    # LoRA of rank 16 trains 16 · 128 · 2 = 4096 numbers, more than this model's 1272: never proposed here
+    assert refusal(52000, micro_batch=4).endswith("it fits with --grad-checkpointing --micro-batch 2 (~0 MiB)")
+    # the smaller micro-batch alone is enough for 60000: the checkpointing tried first is dropped again
+    assert refusal(60000, micro_batch=4).endswith("it fits with --micro-batch 2 (~0 MiB)")
+    # LoRA of rank 16 trains 16 · 128 · 2 = 4096 numbers, more than this model's 1272: never proposed here. Groups
+    # of 4 (16 rows sampled, micro-batches of one group): 20352 + (5088 + 39616 + 2400) + (8192 + 3200) = 78848;
+    # checkpointed 76096; groups of 2: 70400
+    assert refusal(72000, group_size=4, micro_batch=4).endswith("it fits with --grad-checkpointing --group-size 2 "
+                                                                "(~0 MiB)")
     assert refusal(50000, micro_batch=4).endswith("no setting of --micro-batch, --grad-checkpointing, --lora, "
                                                   "--max-new-tokens or --group-size makes it fit: use a smaller "
                                                   "model or a larger device")
