@@ -171,8 +171,11 @@ def plan(s, cfg, prompt_len, n_eval, logits_per_chunk):
     device = torch.device(cfg.device).type
     params = parameter_count(s)
     trained = lora_parameter_count(s, cfg.lora) if cfg.lora else params
-    uses_reference = (cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)) and not cfg.lora
-    reference_here = uses_reference and torch.device(cfg.reference_device or cfg.device) == torch.device(cfg.device)
+    needs_reference = cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)
+    elsewhere = torch.device(cfg.reference_device or cfg.device) != torch.device(cfg.device)
+    reference_here = needs_reference and not cfg.lora and not elsewhere
+    reference = "none: no KL term" if not needs_reference else "--lora: the policy, adapters off" if cfg.lora else \
+        f"on {cfg.reference_device}" if elsewhere else "fp32"
     # the update: micro-batches of whole groups (continued SFT: groups of one reference chain each)
     G = 1 if getattr(algo, "REFERENCE_RESPONSES", False) else cfg.group_size
     groups = cfg.prompts_per_step * cfg.group_size // G
@@ -185,8 +188,7 @@ def plan(s, cfg, prompt_len, n_eval, logits_per_chunk):
     terms = {
         f"weights ({params / 1e6:,.0f}M parameters, fp32)": weights_bytes(params),
         "sampler's bf16 copy": sampler_copy_bytes(params, cfg.dtype),
-        "reference model" + ("" if reference_here or not uses_reference else f" (on {cfg.reference_device}: 0)"):
-            reference_bytes(params) if reference_here else 0,
+        f"reference model ({reference})": reference_bytes(params) if reference_here else 0,
         f"optimizer state (AdamW, {trained / 1e6:,.1f}M trained)": optimizer_bytes(trained),
         "gradients": gradient_bytes(trained),
         f"activations ({micro_rows} rows x {prompt_len} + {T} tokens"
@@ -225,9 +227,10 @@ def resident_bytes():
 
 
 def fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, available):
-    """The flags, with values, that make the plan fit `available` bytes, tried in order of what they cost the run
-    (the reference off the GPU, recomputed activations, smaller micro-batches, LoRA, shorter responses, smaller
-    groups); None if even all of them do not."""
+    """(flags with values, the planned bytes with them) that make the plan fit `available` bytes, or None if even
+    all of them do not. They are tried in order of what they cost the run: the reference off the GPU, recomputed
+    activations, smaller micro-batches, LoRA, shorter responses, smaller groups; then those that a later one made
+    unnecessary (the reference's device, once LoRA does without one) are dropped."""
     algo = importlib.import_module(f"algorithms.{cfg.algo}")
     smallest_group = 2 if hasattr(algo, "NEEDS_GROUPS") else 1
     steps = [("reference_device", "cpu")] if torch.device(cfg.device).type == "cuda" else []
@@ -236,14 +239,18 @@ def fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, available):
     steps += [("lora", LORA_FOR_REFUSAL)] if not cfg.lora else []
     steps += [("max_new_tokens", n) for n in halvings(cfg.max_new_tokens, 256)]
     steps += [("group_size", g) for g in halvings(cfg.group_size, smallest_group)]
-    changes, total = {}, plan(s, cfg, prompt_len, n_eval, logits_per_chunk).total
+    def planned(changes):
+        return plan(s, argparse.Namespace(**{**vars(cfg), **changes}), prompt_len, n_eval, logits_per_chunk).total
+    changes, total = {}, planned({})
     for flag, value in steps:
-        trial = plan(s, argparse.Namespace(**{**vars(cfg), **changes, flag: value}), prompt_len, n_eval,
-                     logits_per_chunk).total
+        trial = planned({**changes, flag: value})
         if trial < total:  # kept only where it helps (LoRA of a high rank on a small model would not)
             changes[flag], total = value, trial
         if total <= available:
-            return changes, total
+            for flag in list(changes):
+                fewer = {k: v for k, v in changes.items() if k != flag}
+                changes = fewer if planned(fewer) <= available else changes
+            return changes, planned(changes)
     return None
 
 
