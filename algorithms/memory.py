@@ -247,8 +247,8 @@ def fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, available):
         if trial < total:  # kept only where it helps (LoRA of a high rank on a small model would not)
             changes[flag], total = value, trial
         if total <= available:
-            for flag in list(changes):
-                fewer = {k: v for k, v in changes.items() if k != flag}
+            for dropped in list(changes):
+                fewer = {k: v for k, v in changes.items() if k != dropped}
                 changes = fewer if planned(fewer) <= available else changes
             return changes, planned(changes)
     return None

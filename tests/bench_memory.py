@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import minireason as M  # noqa: E402
-from algorithms import memory  # noqa: E402
+import minireason as M
+from algorithms import memory
 
 # name: hidden, layers, query heads, key-value heads, head_dim, intermediate, vocab, tied embeddings
 SHAPES = {

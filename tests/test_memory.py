@@ -13,9 +13,9 @@ SMALL = transformers.LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size
                                  num_attention_heads=2, num_key_value_heads=1, head_dim=4, tie_word_embeddings=True)
 SHAPE = memory.Shape.from_config(SMALL)
 # prompts of 3 tokens, 5 new tokens, 4 prompts x 2 samples, micro-batches of 2 rows, 10 held-out questions, 3 a batch
-RUN = dict(algo="grpo", model="small", device="cpu", reference_device=None, kl_coef=0.001, lora=0, dtype="fp32",
-           prompts_per_step=4, group_size=2, minibatches=2, micro_batch=2, max_new_tokens=5, eval_batch=3, eval_k=0,
-           grad_checkpointing=False)
+RUN = {"algo": "grpo", "model": "small", "device": "cpu", "reference_device": None, "kl_coef": 0.001, "lora": 0,
+       "dtype": "fp32", "prompts_per_step": 4, "group_size": 2, "minibatches": 2, "micro_batch": 2,
+       "max_new_tokens": 5, "eval_batch": 3, "eval_k": 0, "grad_checkpointing": False}
 
 
 def run_flags(**changes):
