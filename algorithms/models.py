@@ -40,20 +40,21 @@ def temporary_sibling(path):
     return path.with_name(f"{path.name}.tmp{os.getpid()}")
 
 
-def save_checkpoint_folder(path, model, tokenizer, extra=()):
-    """An HF checkpoint folder: the model, the tokenizer and extra (file name, object) pairs, torch.save'd."""
-    model.save_pretrained(path)
+def save_checkpoint_folder(path, model, tokenizer, extra=(), state_dict=None):
+    """An HF checkpoint folder: the model (its weights, or `state_dict` under the same names), the tokenizer and
+    extra (file name, object) pairs, torch.save'd."""
+    model.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     for name, obj in extra:
         torch.save(obj, path / name)
 
 
-def save_atomically(path, model, tokenizer, extra=()):
+def save_atomically(path, model, tokenizer, extra=(), state_dict=None):
     """Write or replace an HF checkpoint folder so that `path` is always either the old one or the new one, whole:
     a sibling folder is written, then renamed into place (the old one, if any, renamed away first)."""
     tmp, old = temporary_sibling(path), path.with_name(f"{path.name}.old{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint_folder(tmp, model, tokenizer, extra)
+    save_checkpoint_folder(tmp, model, tokenizer, extra, state_dict)
     if path.exists():  # os.replace cannot replace a folder that has files in it
         os.replace(path, old)
     os.replace(tmp, path)
