@@ -957,7 +957,9 @@ def main(argv):
         warm_up(cfg, load_task(cfg)[0])  # once, before the runs that share it start
         return importlib.import_module("algorithms.compare").main(cfg, argv)
     with precision(cfg), dist.rank0_prints():
-        return evaluate_only(cfg) if cfg.eval_only else train(cfg)
+        result = evaluate_only(cfg) if cfg.eval_only else train(cfg)
+    dist.leave(finished=True)  # under torchrun: every rank done before any tears the group down
+    return result
 
 
 if __name__ == "__main__":

@@ -45,11 +45,21 @@ def init(device, reference_device):
                              f"GPUs; pass --nproc_per_node {gpus} (or --device cpu)")
         torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
-    atexit.register(dist.destroy_process_group)  # torch asks for it before the process exits
+    atexit.register(leave)  # torch asks for it before the process exits
 
     def own_gpu(name):
         return f"cuda:{os.environ['LOCAL_RANK']}" if name and torch.device(name).type == "cuda" else name
     return own_gpu(device), own_gpu(reference_device)
+
+
+def leave(finished=False):
+    """Tear down the process group (at exit). After a run that finished, first wait until every rank has: gloo
+    aborts a process whose peer tears its connections down under it ("terminate called without an active
+    exception"). After an error, no waiting: the peers may never arrive, and torchrun stops them."""
+    if dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank():
