@@ -40,6 +40,8 @@ def peak_rise_mib(fn):
     Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident set
     before, start = read("VmRSS"), time.perf_counter()
     result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a GPU computes asynchronously: the call is over when its kernels are
     return result, time.perf_counter() - start, read("VmHWM") - before
 
 
@@ -52,15 +54,17 @@ def generated_tokens(tokens, stop):
     return total
 
 
-def matmul_bound(model, rows, dtype):
+def matmul_bound(model, rows, dtype, device):
     """(tokens/s, GFLOP/s): the decode speed limit set by the machine's matmul speed at this batch size.
     A token costs 2 FLOPs per weight of every linear layer, the LM head included (0.27 GFLOP on SmolLM2)."""
     hidden, inner = model.config.hidden_size, model.config.intermediate_size
-    x, w = torch.randn(rows, hidden, dtype=dtype), torch.randn(inner, hidden, dtype=dtype)
+    x, w = torch.randn(rows, hidden, dtype=dtype, device=device), torch.randn(inner, hidden, dtype=dtype, device=device)
     seconds = []
     for _ in range(50):
         start = time.perf_counter()
         torch.nn.functional.linear(x, w)
+        if device != "cpu":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     flops_per_s = 2 * rows * hidden * inner / min(seconds[10:])  # the machine's best, after warming up
     flops_per_token = 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -71,7 +75,7 @@ def setup(args):
     """The model (in args.dtype), the chat prompts, and the two samplers: name -> fn(prompts, new_tokens, sample)
     returning the generated ids (rows, new tokens)."""
     torch.manual_seed(0)
-    model, tokenizer = M.load_model(args.model, Path(args.cache_dir), "cpu")
+    model, tokenizer = M.load_model(args.model, Path(args.cache_dir), args.device)
     if args.dtype == "bf16":
         model.to(torch.bfloat16)
     questions = [p.question for p in (tasks.read_problems(args.data) if args.data
@@ -81,7 +85,7 @@ def setup(args):
 
     @torch.inference_mode()
     def hf(rows, new_tokens, sample, scores=False):
-        ids, mask = M.pad(rows, pad, left=True)
+        ids, mask = (t.to(args.device) for t in M.pad(rows, pad, left=True))
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=sample,
                              temperature=1.0 if sample else None, top_k=0 if sample else None,
                              top_p=1.0 if sample else None, eos_token_id=stop, pad_token_id=pad,
@@ -102,6 +106,7 @@ def main():
     p.add_argument("--repeats", type=int, default=2, help="timed calls per sampler; the fastest counts")
     p.add_argument("--data", help="a GSM8K JSONL file (default: the built-in arithmetic questions)")
     p.add_argument("--cache-dir", default=str(Path("~/.cache/minireason").expanduser()))
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (tests/bench_gpu.py): peak MiB stays the CPU's")
     p.add_argument("--side", choices=("hf generate", "minireason"), help=argparse.SUPPRESS)  # a child's timed call
     args = p.parse_args()
     model, prompts, stop, samplers = setup(args)
@@ -125,7 +130,7 @@ def main():
             best_two = scores[step][i].float().topk(2).values
             divergences.append(dict(row=i, step=step, logit_gap=round(float(best_two[0] - best_two[1]), 4)))
     same_greedy = not divergences
-    limit, gflops = matmul_bound(model, args.rows, next(model.parameters()).dtype)
+    limit, gflops = matmul_bound(model, args.rows, next(model.parameters()).dtype, args.device)
     results = {}
     for name in samplers:
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", name], capture_output=True, text=True)
