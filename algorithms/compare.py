@@ -39,7 +39,8 @@ PAPER_ARMS = {
     "grpo": ["--algo", "grpo"],
     "ppo": ["--algo", "ppo"],
     "dpo": ["--algo", "dpo"],
-    "reinforce_rej-all-wrong": ["--algo", "reinforce_rej", "--reject-groups", "all-wrong"],  # Reinforce + remove all-wrong
+    # Reinforce with only the all-wrong groups removed
+    "reinforce_rej-all-wrong": ["--algo", "reinforce_rej", "--reject-groups", "all-wrong"],
     "grpo-no-std": ["--algo", "grpo", "--no-std-normalize"],
 }
 # the variants of GRPO since 2025, each a file in algorithms/: compared with --arms
@@ -192,7 +193,8 @@ def findings(runs, eval_steps):
         gain, noise = difference(acc["grpo"], acc["reinforce"])
         explained, _ = difference(acc["reinforce_rej-all-wrong"], acc["reinforce"])
         if gain > noise:
-            share = f"removing all-wrong groups alone gives {explained:+.1f} of GRPO's {gain:+.1f} points over Reinforce"
+            share = (f"removing all-wrong groups alone gives {explained:+.1f} of GRPO's {gain:+.1f} points "
+                     "over Reinforce")
         else:
             where = "within seed noise" if gain >= -noise else "beyond seed noise, GRPO behind"
             share = (f"GRPO − Reinforce = {gain:+.1f} points, {where} (±{noise:.1f}): here there is no gain to "
@@ -240,13 +242,14 @@ def write_report(out, command, wall_seconds, jobs):
              "",
              f"`{command}`: the runs took {wall_seconds / 60:.1f} min wall on {platform.machine()} with "
              f"{len(os.sched_getaffinity(0))} CPU cores ({jobs} at a time), torch {torch.__version__}.",
-             f"Task `{config['data']}`, model `{config['model']}`, {config['steps']} steps of {config['prompts_per_step']} "
-             f"questions × {config['group_size']} samples{budget_notes(runs, config)}, all from the same cached warm-up. "
-             "Per-run config and metrics: `<arm>-seed<s>/`.",
+             f"Task `{config['data']}`, model `{config['model']}`, {config['steps']} steps of "
+             f"{config['prompts_per_step']} questions × {config['group_size']} samples{budget_notes(runs, config)}, "
+             "all from the same cached warm-up. Per-run config and metrics: `<arm>-seed<s>/`.",
              "",
              f"## Held-out greedy accuracy, % (mean ± std over {n_seeds} seeds, {config['n_test']} questions)",
              "",
-             "| arm | " + " | ".join(f"step {s}" for s in eval_steps) + f" | entropy (last {LAST}) | KL (last {LAST}) | RL time, s |",
+             "| arm | " + " | ".join(f"step {s}" for s in eval_steps)
+             + f" | entropy (last {LAST}) | KL (last {LAST}) | RL time, s |",
              "|---" * (len(eval_steps) + 4) + "|"]
     for arm, seeds in runs.items():
         kl = f"{mean_std(across_seeds(seeds, 'train/kl', last=LAST))[0]:.4f}" if "train/kl" in seeds[0][-1] else "—"
