@@ -14,6 +14,7 @@ import torch
 import minireason as M
 from algorithms import common, dpo, grader, grpo, ppo, raft, reinforce_rej
 from algorithms.tasks import make_arith_problems
+from test_sampler import frequent_token, hf_greedy
 
 
 def log(x):
@@ -339,28 +340,13 @@ def test_top_p_counts_what_top_k_left_and_logprobs_are_before_both_cuts():
     assert entropy[0].item() == pytest.approx(-sum(p * log(p) for p in (0.45, 0.35, 0.2)), abs=1e-5)
 
 
-def first_inner_token(tokens):
-    """A token some rows emit after their first step and others never: as EOS it ends rows at different steps."""
-    for token in torch.bincount(tokens[:, 1:].flatten()).argsort(descending=True).tolist():
-        rows_with = (tokens[:, 1:] == token).any(1)
-        if 0 < rows_with.sum() < len(tokens):
-            return token
-    raise AssertionError("no token splits the rows")
-
-
-def greedy_generate(model, tokenizer, prompts, eos, max_new_tokens):
-    ids, mask = M.pad(prompts, tokenizer.pad_token_id, left=True)
-    return model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                          eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)[:, ids.size(1):]
-
-
 @pytest.mark.exercise("sample")
 def test_greedy_sample_equals_generate_and_masks_up_to_eos(tiny):
     model, tokenizer = tiny
     prompts = [M.encode_prompt(tokenizer, q, "") for q in ("1+2", "7-3*4+2", "9*9", "5/3-1*2", "8")]
     ids, mask = M.pad(prompts, tokenizer.pad_token_id, left=True)
-    eos = first_inner_token(greedy_generate(model, tokenizer, prompts, None, 20))
-    expected = greedy_generate(model, tokenizer, prompts, eos, 20)  # Hugging Face's decoding, the reference
+    eos = frequent_token(hf_greedy(model, prompts, tokenizer.pad_token_id, None, 20))
+    expected = hf_greedy(model, prompts, tokenizer.pad_token_id, eos, 20)  # Hugging Face's decoding, the reference
     prompt_ids, prompt_mask, response_ids, response_mask, stopped, _, _ = M.sample(
         model, prompts, 20, eos, tokenizer.pad_token_id, temperature=0)
     assert torch.equal(prompt_ids, ids) and torch.equal(prompt_mask, mask)  # left-padded prompts
@@ -378,7 +364,7 @@ def test_sampled_logprobs_are_the_models_at_the_temperature_and_zero_on_padding(
     model, tokenizer = tiny
     torch.manual_seed(0)
     prompts = [M.encode_prompt(tokenizer, q, "") for q in ("1+2", "7-3*4+2", "9*9") for _ in range(8)]
-    eos = first_inner_token(greedy_generate(model, tokenizer, prompts, None, 12))
+    eos = frequent_token(hf_greedy(model, prompts, tokenizer.pad_token_id, None, 12))
     prompt_ids, prompt_mask, ids, mask, stopped, logprobs, entropy = M.sample(
         model, prompts, 12, eos, pad_id=eos, temperature=0.7)  # pad == EOS: the mask must still hold the EOS
     lengths = mask.sum(-1).long()

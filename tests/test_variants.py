@@ -9,6 +9,7 @@ import torch
 import minireason as M
 from algorithms import dapo, drgrpo, grpo, gspo, reinforcepp, rloo
 from algorithms.common import aggregate_loss
+from test_algorithms import batch
 
 VARIANTS = ("drgrpo", "dapo", "gspo", "rloo", "reinforcepp")
 CFG = SimpleNamespace(clip_low=0.2, clip_high=0.2, dual_clip=None, kl_coef=0.0, loss_agg="token-mean",
@@ -31,11 +32,6 @@ def rollout(rewards, group_size, lengths=None):
 
 def per_row(advantages):
     return advantages[:, 0].tolist()
-
-
-def batch(logp, **fields):
-    mask = fields.pop("response_mask", torch.ones_like(logp))
-    return SimpleNamespace(response_mask=mask, n_tokens=mask.sum(), n_rows=len(logp), **fields)
 
 
 # --- Dr. GRPO -----------------------------------------------------------------------------------------
