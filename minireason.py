@@ -40,7 +40,7 @@ from algorithms.grader import extract_answer, grade_batch, has_answer, normalize
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
                                make_run_folder, resumable_run, save_atomically, save_checkpoint_folder,
                                smollm2_checkpoint)
-from algorithms.tasks import INSTRUCTION, load_task
+from algorithms.tasks import INSTRUCTION, load_task, with_chains
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft",
               "drgrpo", "dapo", "gspo", "rloo", "reinforcepp")  # the variants of GRPO since 2025
@@ -574,11 +574,14 @@ def train(cfg):
     if progress.step == 0:  # the starting point: the warm-up's held-out accuracy
         log({"step": 0, **run_eval(0)})
 
+    # RL learns from the answers of all training questions; continued SFT only from those with a reference chain
+    pool = with_chains(train_problems) if getattr(algo, "REFERENCE_RESPONSES", False) else train_problems
+
     def next_problems(n):  # the next n training questions (under torchrun: this rank's share of them)
         if len(progress.order) < n:  # a fresh shuffled epoch when too few are left
-            progress.order += random.sample(range(len(train_problems)), len(train_problems))
+            progress.order += random.sample(range(len(pool)), len(pool))
         chosen, progress.order = progress.order[:n], progress.order[n:]
-        return dist.share([train_problems[i] for i in chosen])
+        return dist.share([pool[i] for i in chosen])
 
     bar = tqdm(range(progress.step + 1, cfg.steps + 1), initial=progress.step, total=cfg.steps, desc=cfg.algo,
                unit="step", dynamic_ncols=True)
@@ -615,7 +618,7 @@ def train(cfg):
         # ReFT's comparison: the same warm-up, trained on for the same wall time with SFT instead of RL
         torch.manual_seed(cfg.seed)
         baseline, _ = load_model(warm_start, cfg.cache_dir, cfg.device)
-        sft_steps = supervised_finetune(baseline, tokenizer, train_problems, cfg, seconds=progress.rl_seconds,
+        sft_steps = supervised_finetune(baseline, tokenizer, with_chains(train_problems), cfg, seconds=progress.rl_seconds,
                                         desc="continued SFT, same wall time")
         summary[f"+ continued SFT {sft_steps} steps ({progress.rl_seconds:.0f} s)"] = baseline_accuracy = \
             evaluate(baseline, tokenizer, test_problems, cfg)[0]["accuracy"]
@@ -743,16 +746,17 @@ def warm_up(cfg, train_problems):
     # cached under a hash of everything that decides its weights: every later run starts from the very same one
     if cfg.sft_steps == 0:
         return model_path(cfg.model, cfg.cache_dir)
-    if any(p.solution is None for p in train_problems):
-        raise SystemExit(f"{cfg.data}: some records have no solution for the warm-up to train on; pass --sft-steps 0")
+    chains = with_chains(train_problems)
+    if not chains:
+        raise SystemExit(f"{cfg.data}: no training question has a solution to warm up on; pass --sft-steps 0")
     settings = dict(model=cfg.model, tiny=TINY_MODEL if cfg.model == "tiny" else None, instruction=cfg.instruction,
-                    problems=settings_hash([[p.question, p.solution] for p in train_problems]),
+                    problems=settings_hash([[p.question, p.solution] for p in chains]),
                     steps=cfg.sft_steps, lr=cfg.sft_lr, batch=cfg.sft_batch, dtype=cfg.dtype, seed=0)
 
     def build(folder):  # concurrent runs build it once (see models.cached); a killed one leaves no half of it
         model, tokenizer = load_model(cfg.model, cfg.cache_dir, cfg.device)
         torch.manual_seed(0)  # after loading: building the tiny model on a first run must not shift the data order
-        supervised_finetune(model, tokenizer, train_problems, cfg, steps=cfg.sft_steps, desc="warm-up (SFT)")
+        supervised_finetune(model, tokenizer, chains, cfg, steps=cfg.sft_steps, desc="warm-up (SFT)")
         save_checkpoint_folder(folder, model, tokenizer)
     return cached(cfg.cache_dir / f"warmup-{settings_hash(settings)}", build)
 
@@ -848,6 +852,8 @@ def build_parser():
     a("--data", default="arith", help="'arith' (built-in arithmetic problems) or a JSONL file of GSM8K or MATH records")
     a("--eval-data", help="a JSONL file of held-out questions (default: n-test held out of --data)")
     a("--n-train", type=at_least(1), help="training questions (a fixed set, as ReFT; default arith 1000, a file all)")
+    a("--n-chains", type=at_least(0), help="only the first N training questions keep their reference chain (for SFT); "
+      "RL trains on all, from their answers")
     a("--n-test", type=at_least(1), default=500, help="questions held out of --data when there is no --eval-data")
     a("--instruction", default=INSTRUCTION, help="system message for chat models (2504.11343's)")
     a("--partial-reward", action="store_true", help="ReFT's reward: 1 right, 0.1 a wrong answer, 0 none (not 1/0)")

@@ -6,7 +6,7 @@ the sft baseline train on) and the final answer the grader compares with.
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from algorithms.grader import extract_answer
@@ -146,8 +146,8 @@ def load_task(cfg):
     --eval-data gives the held-out set. --eval-only evaluates on the whole of --eval-data or else --data."""
     if cfg.data == "arith":
         n_train = 1000 if cfg.n_train is None else cfg.n_train
-        problems = make_arith_problems(n_train + cfg.n_test, seed=1234)
-        train, test = problems[:n_train], problems[n_train:]
+        problems = make_arith_problems(cfg.n_test + n_train, seed=1234)
+        test, train = problems[:cfg.n_test], problems[cfg.n_test:]  # the held-out set does not depend on --n-train
     else:
         problems = read_problems(cfg.data)
         if cfg.eval_only or cfg.eval_data:
@@ -159,6 +159,13 @@ def load_task(cfg):
             random.Random(1234).shuffle(problems)
             train, test = problems[cfg.n_test:], problems[:cfg.n_test]
         train = train[:cfg.n_train]
+    if cfg.n_chains is not None:  # RLVR's usual data: a few worked solutions, many questions with their answer only
+        train = train[:cfg.n_chains] + [replace(p, solution=None) for p in train[cfg.n_chains:]]
     if cfg.eval_data:
         test = read_problems(cfg.eval_data)
     return train, test[:cfg.eval_limit]
+
+
+def with_chains(problems):
+    """The problems that come with a reference chain: all that SFT (the warm-up, the baseline) can train on."""
+    return [p for p in problems if p.solution is not None]

@@ -84,7 +84,7 @@ def test_a_bad_file_stops_the_run_before_training(tmp_path, capsys):
 def test_warm_up_needs_solutions(tmp_path):
     data = write(tmp_path / "answers.jsonl", [{"problem": "1+1?", "answer": "2"}] * 3)
     cfg = M.parse_args(["--data", str(data), "--n-test", "1", "--sft-steps", "5", "--cache-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="answers.jsonl: some records have no solution for the warm-up to train on"):
+    with pytest.raises(SystemExit, match="answers.jsonl: no training question has a solution to warm up on"):
         M.warm_up(cfg, M.load_task(cfg)[0])
 
 
@@ -94,3 +94,12 @@ def test_a_byte_order_mark_is_read_past(tmp_path):
     path.write_text(json.dumps(GSM8K) + "\n", encoding="utf-8-sig")
     [p] = tasks.read_problems(path)
     assert (p.question, p.answer) == (GSM8K["question"], "10")
+
+
+def test_n_chains_keeps_the_first_chains_and_the_held_out_set_stays(tmp_path):
+    train, test = M.load_task(M.parse_args(["--n-train", "50", "--n-chains", "20", "--n-test", "10"]))
+    assert [p.solution is not None for p in train] == [True] * 20 + [False] * 30
+    assert all(p.answer for p in train)  # every question keeps its answer: RL needs nothing else
+    more_train, same_test = M.load_task(M.parse_args(["--n-train", "80", "--n-test", "10"]))
+    assert [p.question for p in same_test] == [p.question for p in test]  # --n-train does not move the held-out set
+    assert not {p.question for p in more_train} & {p.question for p in test}

@@ -162,3 +162,26 @@ def test_bf16_samples_from_a_bf16_copy_and_keeps_fp32_weights(run, monkeypatch, 
     assert len(train) == 2 and all(math.isfinite(m["train/entropy"]) and math.isfinite(m["train/grad_norm"]) for m in train)
     saved = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "model")
     assert saved.dtype == torch.float32  # what the optimizer updated
+
+
+def test_n_chains_warm_up_and_continued_sft_see_only_the_chains(run):
+    # 48 training questions, 6 with a reference chain: the warm-up is the one trained on those 6 alone (the same
+    # cached folder as a run with only those 6 questions), continued SFT draws only chains (an answer-only
+    # question has no chain to train on, and would stop the run), and RL trains on all 48
+    cache = run("chains-6", "--n-chains", "6", "--algo", "sft", "--steps", "2").parent / "cache"
+    before = set(cache.glob("warmup-*"))
+    run("only-6", "--n-train", "6", "--steps", "1", "--no-sft-baseline")
+    assert set(cache.glob("warmup-*")) == before
+
+
+def test_rl_asks_every_training_question_with_or_without_a_chain(run, monkeypatch):
+    asked, generate = [], M.generate
+
+    def recording(model, tokenizer, problems, cfg, group_size=1, temperature=None):
+        if group_size > 1:  # sampling for RL, not the greedy evaluation
+            asked.extend(p.question for p in problems)
+        return generate(model, tokenizer, problems, cfg, group_size, temperature)
+    monkeypatch.setattr(M, "generate", recording)
+    run("chains-6-grpo", "--n-chains", "6", "--steps", "1", "--no-sft-baseline", "--prompts-per-step", "48")
+    train, _ = M.load_task(M.parse_args(SMALL_RUN + ["--n-chains", "6"]))
+    assert sorted(asked) == sorted(p.question for p in train)
