@@ -318,7 +318,8 @@ def main(argv):
     sys.path.insert(0, str(ROOT))
     if args.command == "list":
         for e in sorted(EXERCISES, key=lambda e: e.week):
-            print(f"week {e.week}  {e.name:<20} {e.difficulty:<3} {e.file}: {', '.join(e.functions)}")
+            print(f"week {e.week}  {e.name:<20} {e.difficulty:<3} {e.file}: {', '.join(e.functions)}\n"
+                  f"        read first: {e.read_first}; then observe: {e.observe}")
     elif args.command == "student-copy":
         student_copy(args.dir.resolve(), chosen(args.only, args.week))
     elif args.command == "check":
