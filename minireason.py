@@ -37,9 +37,9 @@ from algorithms import lora, memory
 from algorithms.common import (LOSS_AGGREGATIONS, above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
                                masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
-from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, first_line, hub_unreachable,
-                               make_run_folder, resumable_run, save_atomically, save_checkpoint_folder,
-                               smollm2_checkpoint)
+from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, ctrl_c_finishes_the_step,
+                               first_line, hub_unreachable, make_run_folder, resumable_run, save_atomically,
+                               save_checkpoint_folder, smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task, with_chains
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft",
@@ -618,8 +618,8 @@ def train(cfg):
         # ReFT's comparison: the same warm-up, trained on for the same wall time with SFT instead of RL
         torch.manual_seed(cfg.seed)
         baseline, _ = load_model(warm_start, cfg.cache_dir, cfg.device)
-        sft_steps = supervised_finetune(baseline, tokenizer, with_chains(train_problems), cfg, seconds=progress.rl_seconds,
-                                        desc="continued SFT, same wall time")
+        sft_steps = supervised_finetune(baseline, tokenizer, with_chains(train_problems), cfg,
+                                        seconds=progress.rl_seconds, desc="continued SFT, same wall time")
         summary[f"+ continued SFT {sft_steps} steps ({progress.rl_seconds:.0f} s)"] = baseline_accuracy = \
             evaluate(baseline, tokenizer, test_problems, cfg)[0]["accuracy"]
         log({"step": cfg.steps, "baseline/sft_accuracy": baseline_accuracy, "baseline/sft_steps": sft_steps})
@@ -808,22 +808,6 @@ def load_checkpoint(path, model, optimizer, value_head):
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(dist.own(state["cuda_rng"], f"--resume {path}"))
     return Progress(**state["progress"])
-
-
-@contextlib.contextmanager
-def ctrl_c_finishes_the_step():
-    """Inside, a first Ctrl-C is noted in the yielded list so the loop can finish its step and save; a second stops."""
-    requests = []
-
-    def handler(signum, frame):
-        requests.append(signum)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second one stops the process at once
-        print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield requests
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # ----------------------------------------------------------------------------------------------------

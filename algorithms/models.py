@@ -3,7 +3,8 @@ character-level LLaMA built from a config, SmolLM2-135M-Instruct converted from 
 ships, and writing a Hugging Face checkpoint folder so that it is either absent or whole. minireason.load_model
 takes `tiny`, `smollm2`, or any HF id or folder.
 
-Also the run folder: make_run_folder checks --out before anything slow, resumable_run checks a run to resume.
+Also the run folder: make_run_folder checks --out before anything slow, resumable_run checks a run to resume, and
+ctrl_c_finishes_the_step lets a Ctrl-C end the RL step in progress and save before the run stops.
 
 The cache (the tiny model, SmolLM2, the warm-ups) is shared by every run on the machine, so `cached` builds each
 entry under a lock (concurrent runs build it once: the others wait and reuse it) in a temporary sibling that is
@@ -18,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -219,3 +221,19 @@ def make_run_folder(out, fresh, results):
         raise SystemExit(f"--out {out}: an earlier run's {found} is there; choose another --out (or, to continue "
                          f"a training run there, pass --resume {shlex.quote(str(out))})")
     return out
+
+
+@contextlib.contextmanager
+def ctrl_c_finishes_the_step():
+    """Inside, a first Ctrl-C is noted in the yielded list so the loop can finish its step and save; a second stops."""
+    requests = []
+
+    def handler(signum, frame):
+        requests.append(signum)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second one stops the process at once
+        print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requests
+    finally:
+        signal.signal(signal.SIGINT, previous)
