@@ -24,7 +24,6 @@ import shutil
 import signal
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from algorithms import distributed as dist
 from algorithms import lora, memory
 from algorithms.common import (LOSS_AGGREGATIONS, above, at_least, entropy_from_logits, group_outcomes, kl_estimate,
                                masked_mean)
-from algorithms.grader import extract_answer, grade_batch, has_answer, normalize_answer
+from algorithms.grader import extract_answer, grade_batch, has_answer, majority_correct
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, ctrl_c_finishes_the_step,
                                first_line, hub_unreachable, make_run_folder, resumable_run, save_atomically,
                                save_checkpoint_folder, smollm2_checkpoint)
@@ -637,16 +636,6 @@ def train(cfg):
 def pass_at_k(n, c, k):
     """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k) (Chen et al., 2107.03374)."""
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def majority_correct(samples):
-    """maj@k: whether the answer given most often (after normalisation) is right."""
-    # only responses that stopped by themselves vote, as only they can earn reward; ties go to the first seen
-    voters = [(normalize_answer(s["answer"]), s["correct"]) for s in samples if s["answer"] and s["stopped"]]
-    if not voters:
-        return False
-    winner = Counter(answer for answer, _ in voters).most_common(1)[0][0]
-    return next(correct for answer, correct in voters if answer == winner)
 
 
 def response_records(rollout, texts):

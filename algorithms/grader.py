@@ -63,6 +63,7 @@ import string
 import subprocess
 import sys
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from fractions import Fraction
@@ -949,6 +950,16 @@ def grade_batch(responses: list[str], references: list[str], stopped: list[bool]
         for i, verdict in zip(slow, slow_verdicts):
             verdicts[i] = verdict
     return verdicts
+
+
+def majority_correct(samples):
+    """maj@k: whether the answer given most often (after normalisation) is right."""
+    # only responses that stopped by themselves vote, as only they can earn reward; ties go to the first seen
+    voters = [(normalize_answer(s["answer"]), s["correct"]) for s in samples if s["answer"] and s["stopped"]]
+    if not voters:
+        return False
+    winner = Counter(answer for answer, _ in voters).most_common(1)[0][0]
+    return next(correct for answer, correct in voters if answer == winner)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import minireason as M
-from algorithms import tasks
+from algorithms import grader, tasks
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -21,12 +21,12 @@ def votes(*answers):
 
 
 def test_majority_vote():
-    assert M.majority_correct(votes(("3", True, True), ("4", False, True), ("3.0", True, True)))   # 3 = 3.0
-    assert not M.majority_correct(votes(("4", False, True), ("3", True, True), ("4", False, True)))
+    assert grader.majority_correct(votes(("3", True, True), ("4", False, True), ("3.0", True, True)))   # 3 = 3.0
+    assert not grader.majority_correct(votes(("4", False, True), ("3", True, True), ("4", False, True)))
     # a response cut off at the length limit does not vote, and no votes at all is not a correct majority
-    assert M.majority_correct(votes(("4", False, False), ("4", False, False), ("3", True, True)))
-    assert not M.majority_correct(votes((None, False, True), ("4", False, False)))
-    assert M.majority_correct(votes(("3", True, True), ("4", False, True)))  # a tie: the first answer seen
+    assert grader.majority_correct(votes(("4", False, False), ("4", False, False), ("3", True, True)))
+    assert not grader.majority_correct(votes((None, False, True), ("4", False, False)))
+    assert grader.majority_correct(votes(("3", True, True), ("4", False, True)))  # a tie: the first answer seen
 
 
 def test_evaluate_reports_consistent_metrics(tiny, monkeypatch):
