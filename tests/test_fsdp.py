@@ -1,0 +1,134 @@
+"""--fsdp with two gloo processes on the CPU: the model sharded with FSDP2 (algorithms/distributed.py). Two ranks, each
+holding part of a batch and 1/2 of every weight, make the update one process makes holding all of it; a two-process
+--fsdp run logs what one process logs and saves a model/ that from_pretrained loads."""
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+
+import minireason as M
+from algorithms import distributed, grpo, models, raft
+from test_distributed import CFG, SMALL_MODEL, make_batch, update
+
+ROOT = Path(__file__).resolve().parents[1]
+# name: (algorithm, settings, the whole batch's rows the update trains on, rank 0's, rank 1's). The batch is
+# test_distributed's 8 groups of 2, long responses first. Rank 0 holds 6 groups (rows 0-11), rank 1 the last 2
+# (short ones); each of the two mini-batches of 4 groups that rank 0 draws (groups 4 0 7 3, then 2 5 1 6) has 3 of
+# rank 0's and 1 of rank 1's, so with micro-batches of 1 group rank 1 pads 2 micro-batches in each.
+CASES = {
+    "token-mean, micro-batches of 1 group": (grpo, dict(loss_agg="token-mean", micro_batch=2), range(16), range(12),
+                                             range(12, 16)),
+    "seq-mean-token-mean, micro-batches of 3 groups": (grpo, dict(loss_agg="seq-mean-token-mean", micro_batch=6),
+                                                       range(16), range(8), range(8, 16)),
+    # the gradient's norm (about 0.8) clipped to 0.05: the norm must be the whole gradient's, over both ranks' shards
+    "token-mean, clipped": (grpo, dict(loss_agg="token-mean", micro_batch=2, grad_clip=0.05), range(16), range(12),
+                            range(12, 16)),
+    # RAFT trains on the right samples only; here rank 1 holds none of them and pads every micro-batch
+    "raft, rank 1 holds no row": (raft, dict(loss_agg="token-mean", micro_batch=4), range(0, 8, 2), range(0, 8, 2),
+                                  []),
+}
+
+
+def case_batch(model_dir, name):
+    algo, changes, *_ = CASES[name]
+    _, tokenizer = M.load_model(str(model_dir), model_dir, "cpu")
+    batch = make_batch(tokenizer)
+    if algo is raft:  # kept rows as groups of one, as rl_step hands them to the update
+        batch = M.Rollout(**vars(batch) | {"group_size": 1})
+    return algo, SimpleNamespace(**vars(CFG) | changes), batch
+
+
+def sharded_update(model_dir, batch, algo, settings, rows):
+    """test_distributed.update on this rank's rows, the model sharded (--fsdp) before the optimizer is built: the
+    parameters after it, gathered whole onto rank 0 ({} on rank 1)."""
+    model, _ = M.load_model(str(model_dir), model_dir, "cpu")
+    # the old log-probs and advantages of the whole batch, as one process computes them
+    old_logprobs = M.score(model, batch, 1.0, micro_batch=64, with_entropy=False)[0]
+    batch = M.Rollout(**vars(batch) | {"old_logprobs": old_logprobs})
+    batch = M.Rollout(**vars(batch) | {"advantages": algo.advantages(batch, settings)}).select(rows)
+    distributed.shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    torch.manual_seed(0)  # rank 0's draw of the mini-batches is the one process's draw
+    M.update(model, optimizer, batch, algo, settings)
+    return distributed.full_state_dict(model)
+
+
+def rank_main(rank, folder):
+    """One of two processes: each case's update on this rank's rows; rank 0 saves the gathered parameters."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank,
+                                         world_size=2)
+    for i, name in enumerate(CASES):
+        algo, settings, batch = case_batch(folder / "model", name)
+        mine = torch.tensor(CASES[name][3 + rank], dtype=torch.long)
+        parameters = sharded_update(folder / "model", batch, algo, settings, mine)
+        if rank == 0:
+            torch.save(parameters, folder / f"case{i}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_sharded_ranks(tmp_path_factory):
+    """The folder where two gloo processes left the parameters of each case (the model they started from in
+    folder/model)."""
+    folder = tmp_path_factory.mktemp("two-sharded-ranks")
+    models.build_tiny_model(folder / "model", SMALL_MODEL)
+    context = multiprocessing.get_context("fork")  # the children start with minireason imported: seconds, not tens
+    ranks = [context.Process(target=rank_main, args=(rank, folder)) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=300)
+    assert [process.exitcode for process in ranks] == [0, 0]
+    return folder
+
+
+@pytest.mark.parametrize("i, name", list(enumerate(CASES)))
+def test_two_sharded_ranks_make_one_process_update(two_sharded_ranks, i, name):
+    # Two optimizer steps with SGD, each rank's loss divided by the whole mini-batch's tokens (or rows), the
+    # gradients of the shards summed (not averaged, FSDP's default: that halves the step), the LM head's gradient
+    # (the embeddings' too: they are tied) included though the update reads its weight outside any forward
+    algo, settings, batch = case_batch(two_sharded_ranks / "model", name)
+    one_process = update(two_sharded_ranks / "model", batch, algo, settings, rows=torch.tensor(CASES[name][2]))
+    start = dict(M.load_model(str(two_sharded_ranks / "model"), two_sharded_ranks, "cpu")[0].named_parameters())
+    assert max((value - start[key]).abs().max() for key, value in one_process.items()) > 1e-3  # the update moved
+    gathered = torch.load(two_sharded_ranks / f"case{i}.pt")
+    assert sorted(gathered) == sorted(one_process)
+    for key, value in one_process.items():
+        torch.testing.assert_close(gathered[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_two_process_fsdp_run_logs_what_one_process_logs_and_saves_a_plain_model(tmp_path):
+    models.build_tiny_model(tmp_path / "model", SMALL_MODEL)
+    flags = ["--model", tmp_path / "model", "--sft-steps", "0", "--n-train", "24", "--n-test", "10",
+             "--prompts-per-step", "5", "--group-size", "4", "--max-new-tokens", "12", "--micro-batch", "4",
+             "--eval-batch", "64", "--lr", "1e-3", "--steps", "2", "--no-sft-baseline", "--threads", "1",
+             "--device", "cpu", "--dtype", "fp32"]
+
+    def metrics(out):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    M.train(M.parse_args([*map(str, flags), "--out", str(tmp_path / "one")]))  # one process: this one
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(ROOT / "minireason.py"), *map(str, flags), "--fsdp", "--out", str(tmp_path / "two")],
+                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1",
+                                                                     HF_HUB_OFFLINE="1"), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [sorted(m) for m in metrics(tmp_path / "two")] == [sorted(m) for m in metrics(tmp_path / "one")]
+    # model/ is a plain HF folder holding the trained weights: loaded in one process, it answers the held-out
+    # questions as the sharded model did at the last evaluation
+    trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model")
+    assert type(trained) is transformers.LlamaForCausalLM
+    M.evaluate_only(M.parse_args(["--eval-only", *map(str, flags), "--model", str(tmp_path / "two" / "model"),
+                                  "--out", str(tmp_path / "eval")]))
+
+    def greedy(path):
+        return [json.loads(line)["greedy"]["response"] for line in path.read_text().splitlines()]
+    assert greedy(tmp_path / "eval" / "samples" / "step-0.jsonl") == greedy(tmp_path / "two" / "samples" /
+                                                                          "step-2.jsonl")
