@@ -49,12 +49,12 @@ def sharded_update(model_dir, batch, algo, settings, rows):
     """test_distributed.update on this rank's rows, the model sharded (--fsdp) before the optimizer is built: the
     parameters after it, gathered whole onto rank 0 ({} on rank 1)."""
     model, _ = M.load_model(str(model_dir), model_dir, "cpu")
-    # the old log-probs and advantages of the whole batch, as one process computes them
+    distributed.shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    # the whole batch's old log-probs (scored with the weights gathered whole, as rl_step does) and advantages
     old_logprobs = M.score(model, batch, 1.0, micro_batch=64, with_entropy=False)[0]
     batch = M.Rollout(**vars(batch) | {"old_logprobs": old_logprobs})
     batch = M.Rollout(**vars(batch) | {"advantages": algo.advantages(batch, settings)}).select(rows)
-    distributed.shard(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     torch.manual_seed(0)  # rank 0's draw of the mini-batches is the one process's draw
     M.update(model, optimizer, batch, algo, settings)
     return distributed.full_state_dict(model)
@@ -86,6 +86,9 @@ def two_sharded_ranks(tmp_path_factory):
         process.start()
     for process in ranks:
         process.join(timeout=300)
+    for process in ranks:  # one waiting for the other's collective forever (a mismatch) must not outlive the test
+        if process.is_alive():
+            process.kill()
     assert [process.exitcode for process in ranks] == [0, 0]
     return folder
 
