@@ -14,7 +14,7 @@ import torch
 import transformers
 
 import minireason as M
-from algorithms import distributed, grpo, models, raft
+from algorithms import distributed, grpo, models, ppo, raft
 from test_distributed import CFG, SMALL_MODEL, make_batch, update
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,32 @@ def sharded_update(model_dir, batch, algo, settings, rows):
     return distributed.full_state_dict(model)
 
 
+# PPO: GAE's advantages and a value head on the policy's last hidden state, which is not sharded (its gradient is
+# summed over the ranks by distributed.sum_gradients, the model's by FSDP); no KL term, no clipping
+PPO = dict(gamma=1.0, lam=0.95, value_clip=0.2, value_coef=0.5, loss_agg="token-mean", micro_batch=2)
+
+
+def update_with_value_head(model_dir, rows, shard):
+    """PPO's update with SGD on `rows` of the batch from the model in model_dir and a value head: (the model's
+    parameters after it, gathered onto rank 0 if shard, the value head's)."""
+    model, tokenizer = M.load_model(str(model_dir), model_dir, "cpu")
+    torch.manual_seed(1)  # the value head's random start, the same in every process
+    value_head = torch.nn.Linear(model.config.hidden_size, 1)
+    if shard:
+        distributed.shard(model)
+    optimizer = torch.optim.SGD([{"params": model.parameters()}, {"params": value_head.parameters()}], lr=0.5)
+    batch, settings = make_batch(tokenizer), SimpleNamespace(**vars(CFG) | PPO)
+    old_logprobs, _, old_values = M.score(model, batch, 1.0, 64, value_head, with_entropy=False)
+    batch = M.Rollout(**vars(batch) | {"old_logprobs": old_logprobs, "old_values": old_values})
+    batch = M.Rollout(**vars(batch) | {"advantages": ppo.advantages(batch, settings),
+                                       "returns": ppo.value_targets(batch, settings)}).select(rows)
+    torch.manual_seed(0)
+    M.update(model, optimizer, batch, ppo, settings, value_head)
+    weights = distributed.full_state_dict(model) if shard else \
+        {name: p.detach().clone() for name, p in model.named_parameters()}
+    return weights, value_head.state_dict()
+
+
 def rank_main(rank, folder):
     """One of two processes: each case's update on this rank's rows; rank 0 saves the gathered parameters."""
     torch.set_num_threads(1)
@@ -71,6 +97,9 @@ def rank_main(rank, folder):
         parameters = sharded_update(folder / "model", batch, algo, settings, mine)
         if rank == 0:
             torch.save(parameters, folder / f"case{i}.pt")
+    ppo_parameters = update_with_value_head(folder / "model", torch.arange(12) if rank == 0 else torch.arange(12, 16),
+                                            shard=True)
+    torch.save(ppo_parameters, folder / f"ppo-rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -106,6 +135,21 @@ def test_two_sharded_ranks_make_one_process_update(two_sharded_ranks, i, name):
     assert sorted(gathered) == sorted(one_process)
     for key, value in one_process.items():
         torch.testing.assert_close(gathered[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_two_sharded_ranks_make_one_process_ppo_update(two_sharded_ranks):
+    # The value head's gradient summed by sum_gradients, the model's by FSDP, the two groups of AdamW's parameters
+    # (here SGD's) stepped apart, and the gradient norm taken over both (about 2.5; CFG does not clip)
+    one_weights, one_head = update_with_value_head(two_sharded_ranks / "model", torch.arange(16), shard=False)
+    start = dict(M.load_model(str(two_sharded_ranks / "model"), two_sharded_ranks, "cpu")[0].named_parameters())
+    assert max((value - start[key]).abs().max() for key, value in one_weights.items()) > 1e-3  # the update moved
+    weights, head = torch.load(two_sharded_ranks / "ppo-rank0.pt")
+    for key, value in one_weights.items():
+        torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for rank in range(2):  # the value head is whole on every rank
+        head = torch.load(two_sharded_ranks / f"ppo-rank{rank}.pt")[1]
+        for key, value in one_head.items():
+            torch.testing.assert_close(head[key], value, rtol=1e-5, atol=1e-6, msg=f"rank {rank}: value head {key}")
 
 
 def test_a_two_process_fsdp_run_logs_what_one_process_logs_and_saves_a_plain_model(tmp_path):
