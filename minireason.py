@@ -619,7 +619,7 @@ def train(cfg):
         raise SystemExit(128 + signal.SIGINT)
 
     # --lora: W + (α/R)·B·A, a plain HF model; --fsdp: the shards gathered onto rank 0 (all ranks take part)
-    weights = dist.full_state_dict(model) if cfg.fsdp else lora.plain_state_dict(model, merge=True)
+    weights = dist.full_state_dict(model) if dist.sharded(model) else lora.plain_state_dict(model, merge=True)
     if dist.is_main():
         save_atomically(out / "model", model, tokenizer, [("value_head.pt", value_head.state_dict())] if value_head
                         else [], weights)

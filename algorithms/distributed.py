@@ -295,8 +295,9 @@ def whole(model):
     """Inside, every rank holds all of a sharded model's weights: each unit all-gathered once on entry and none after
     a forward, so that forwards need no communication and ranks may run different numbers of them (rows finish
     sampling at different steps; ranks hold different numbers of rows to score). Sharded again on exit. Enter it
-    outside torch.inference_mode: the gathered weights are the ones the update later trains. Nothing happens to a
-    model that is not sharded."""
+    outside torch.inference_mode: FSDP gathers into the same buffers in the update, and buffers first filled in
+    inference mode become inference tensors, which the update then cannot fill ("Inplace update to inference tensor
+    outside InferenceMode"). Nothing happens to a model that is not sharded."""
     if not sharded(model):
         yield model
         return
@@ -330,9 +331,9 @@ def padded(micro, group_size):
     all fails in the model.) The normalisers n_tokens and n_rows stay the mini-batch's."""
     if len(micro.response_mask):
         return micro
-    rows = {k: v for k, v in vars(micro).items() if isinstance(v, torch.Tensor) and v.dim()}  # not n_tokens
+    per_row = {k: v for k, v in vars(micro).items() if isinstance(v, torch.Tensor) and v.dim()}  # not n_tokens
     return type(micro)(**vars(micro) | {k: (v.new_ones if k == "prompt_mask" else v.new_zeros)(
-        (group_size, 1) if v.dim() == 2 else (group_size,)) for k, v in rows.items()})
+        (group_size, 1) if v.dim() == 2 else (group_size,)) for k, v in per_row.items()})
 
 
 def sync_gradients(model, last):
