@@ -152,30 +152,58 @@ def test_two_sharded_ranks_make_one_process_ppo_update(two_sharded_ranks):
             torch.testing.assert_close(head[key], value, rtol=1e-5, atol=1e-6, msg=f"rank {rank}: value head {key}")
 
 
-def test_a_two_process_fsdp_run_logs_what_one_process_logs_and_saves_a_plain_model(tmp_path):
-    models.build_tiny_model(tmp_path / "model", SMALL_MODEL)
-    flags = ["--model", tmp_path / "model", "--sft-steps", "0", "--n-train", "24", "--n-test", "10",
-             "--prompts-per-step", "5", "--group-size", "4", "--max-new-tokens", "12", "--micro-batch", "4",
-             "--eval-batch", "64", "--lr", "1e-3", "--steps", "2", "--no-sft-baseline", "--threads", "1",
-             "--device", "cpu", "--dtype", "fp32"]
+FLAGS = ["--sft-steps", "0", "--n-train", "24", "--n-test", "10", "--prompts-per-step", "5", "--group-size", "4",
+         "--max-new-tokens", "12", "--micro-batch", "4", "--eval-batch", "64", "--lr", "1e-3", "--no-sft-baseline",
+         "--eval-every", "1", "--threads", "1", "--device", "cpu", "--dtype", "fp32"]
 
-    def metrics(out):
-        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    M.train(M.parse_args([*map(str, flags), "--out", str(tmp_path / "one")]))  # one process: this one
+
+def torchrun(*flags):
+    """minireason.py with `flags` in two processes (torchrun), on the CPU."""
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(ROOT / "minireason.py"), *map(str, flags), "--fsdp", "--out", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1",
-                                                                     HF_HUB_OFFLINE="1"), timeout=300)
+                             str(ROOT / "minireason.py"), *map(str, flags)], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [sorted(m) for m in metrics(tmp_path / "two")] == [sorted(m) for m in metrics(tmp_path / "one")]
-    # model/ is a plain HF folder holding the trained weights: loaded in one process, it answers the held-out
-    # questions as the sharded model did at the last evaluation
-    trained = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model")
-    assert type(trained) is transformers.LlamaForCausalLM
-    M.evaluate_only(M.parse_args(["--eval-only", *map(str, flags), "--model", str(tmp_path / "two" / "model"),
-                                  "--out", str(tmp_path / "eval")]))
 
-    def greedy(path):
-        return [json.loads(line)["greedy"]["response"] for line in path.read_text().splitlines()]
-    assert greedy(tmp_path / "eval" / "samples" / "step-0.jsonl") == greedy(tmp_path / "two" / "samples" /
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def greedy(samples_file):
+    return [json.loads(line)["greedy"]["response"] for line in samples_file.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """The folder of a small model (folder/model) and of a two-process --fsdp run of 2 steps from it (folder/run)."""
+    folder = tmp_path_factory.mktemp("fsdp-run")
+    models.build_tiny_model(folder / "model", SMALL_MODEL)
+    torchrun("--model", folder / "model", *FLAGS, "--steps", "2", "--fsdp", "--out", folder / "run")
+    return folder
+
+
+def test_a_two_process_fsdp_run_logs_what_one_process_logs_and_saves_a_plain_model(fsdp_run, tmp_path):
+    flags = ["--model", str(fsdp_run / "model"), *FLAGS]
+    M.train(M.parse_args([*flags, "--steps", "2", "--out", str(tmp_path / "one")]))  # one process: this one
+    assert [sorted(m) for m in metrics(fsdp_run / "run")] == [sorted(m) for m in metrics(tmp_path / "one")]
+    # model/ is a plain HF folder holding the trained weights: from_pretrained loads them, they moved from the start,
+    # and in one process they answer the held-out questions as the sharded model did at its last evaluation
+    trained = transformers.AutoModelForCausalLM.from_pretrained(fsdp_run / "run" / "model")
+    start = transformers.AutoModelForCausalLM.from_pretrained(fsdp_run / "model")
+    assert type(trained) is transformers.LlamaForCausalLM
+    assert max((a - b).abs().max() for a, b in zip(trained.parameters(), start.parameters(), strict=True)) > 1e-4
+    M.evaluate_only(M.parse_args(["--eval-only", *flags, "--model", str(fsdp_run / "run" / "model"),
+                                  "--out", str(tmp_path / "eval")]))
+    assert greedy(tmp_path / "eval" / "samples" / "step-0.jsonl") == greedy(fsdp_run / "run" / "samples" /
                                                                           "step-2.jsonl")
+
+
+def test_a_resumed_fsdp_run_continues_as_if_never_stopped(fsdp_run, tmp_path):
+    # 1 step and a checkpoint (the weights and AdamW's moments gathered whole onto rank 0), then --resume to step 2:
+    # the same metrics as the 2 steps run at once, so the optimizer state was sharded back as it was
+    torchrun("--model", fsdp_run / "model", *FLAGS, "--steps", "1", "--save-every", "1", "--fsdp",
+             "--out", tmp_path / "run")
+    torchrun("--resume", tmp_path / "run", "--steps", "2")
+    for resumed, at_once in zip(metrics(tmp_path / "run"), metrics(fsdp_run / "run"), strict=True):
+        assert {k: v for k, v in resumed.items() if k != "time/rl_seconds"} == \
+            {k: v for k, v in at_once.items() if k != "time/rl_seconds"}
