@@ -207,3 +207,10 @@ def test_a_resumed_fsdp_run_continues_as_if_never_stopped(fsdp_run, tmp_path):
     for resumed, at_once in zip(metrics(tmp_path / "run"), metrics(fsdp_run / "run"), strict=True):
         assert {k: v for k, v in resumed.items() if k != "time/rl_seconds"} == \
             {k: v for k, v in at_once.items() if k != "time/rl_seconds"}
+
+
+def test_fsdp_without_torchrun_is_refused_in_one_line():
+    with pytest.raises(SystemExit) as stop:
+        M.main(["--fsdp", "--steps", "1"])
+    assert str(stop.value) == ("--fsdp shards the model over the processes torchrun starts: run it as torchrun "
+                               "--nproc_per_node N minireason.py --fsdp ...")
