@@ -304,10 +304,12 @@ def response_hidden(model, batch):
     # layers keep no KV cache: with gradient checkpointing on, prompt and response run as one sequence per row.
     P = batch.prompt_ids.size(1)
     attention_mask = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)
-    if model.is_activation_checkpointing and torch.is_grad_enabled():  # the update, with --grad-checkpointing
-        return model.base_model(input_ids=torch.cat([batch.prompt_ids, batch.response_ids], dim=1),
-                                attention_mask=attention_mask,
-                                position_ids=position_ids(attention_mask)).last_hidden_state[:, P - 1:-1]
+    # --fsdp: one sequence per row too, through the model's own forward, which gathers its sharded embeddings and LM
+    # head (algorithms/distributed.py) and keeps them whole for token_logprobs and the backward
+    if (model.is_activation_checkpointing and torch.is_grad_enabled()) or dist.sharded(model):
+        return model(input_ids=torch.cat([batch.prompt_ids, batch.response_ids], dim=1), attention_mask=attention_mask,
+                     position_ids=position_ids(attention_mask), use_cache=False, output_hidden_states=True,
+                     logits_to_keep=1).hidden_states[-1][:, P - 1:-1]
     prompt_ids, prompt_mask, row_prompt = distinct_prompts(batch.prompt_ids, batch.prompt_mask)
     cache = transformers.DynamicCache(config=model.config)
     prompt_hidden = model.base_model(input_ids=prompt_ids, attention_mask=prompt_mask,
@@ -387,17 +389,18 @@ def generate(model, tokenizer, problems, cfg, group_size=1, temperature=None):
                    rewards=rewards.to(stopped.device), correct=correct.to(stopped.device), old_logprobs=logprobs), texts
 
 
-@torch.inference_mode()
 def score(model, rollout, temperature, micro_batch, value_head=None, with_entropy=True):
     """The rollout's log-probs, entropy (if asked) and values (given a value head) under `model`, each (B, T)."""
-    logprobs, entropy, values = (torch.zeros_like(rollout.response_mask) for _ in range(3))
-    for rows in torch.arange(len(logprobs), device=logprobs.device).split(micro_batch):
-        lp, ent, hidden = response_logprobs(model, rollout.select(rows), temperature, with_entropy)
-        T = lp.size(1)
-        logprobs[rows, :T], entropy[rows, :T] = lp, ent if with_entropy else 0.0
-        if value_head is not None:
-            values[rows, :T] = value_head(hidden).squeeze(-1).float() * rollout.response_mask[rows, :T]
-    return logprobs, entropy, values
+    # --fsdp: the weights gathered whole for all the forwards (algorithms/distributed.py; before inference mode)
+    with dist.whole(model), torch.inference_mode():
+        logprobs, entropy, values = (torch.zeros_like(rollout.response_mask) for _ in range(3))
+        for rows in torch.arange(len(logprobs), device=logprobs.device).split(micro_batch):
+            lp, ent, hidden = response_logprobs(model, rollout.select(rows), temperature, with_entropy)
+            T = lp.size(1)
+            logprobs[rows, :T], entropy[rows, :T] = lp, ent if with_entropy else 0.0
+            if value_head is not None:
+                values[rows, :T] = value_head(hidden).squeeze(-1).float() * rollout.response_mask[rows, :T]
+        return logprobs, entropy, values
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -421,17 +424,20 @@ def update(model, optimizer, batch, algo, cfg, value_head=None):
         # under torchrun: this rank's groups of each mini-batch, and the mini-batch's tokens and rows on all ranks
         for minibatch in dist.minibatches(len(group_mask), cfg.minibatches):
             n_tokens, n_rows = dist.total(group_mask[minibatch].sum()).clamp(min=1), dist.total(len(minibatch) * G)
-            for groups in minibatch.split(groups_per_micro) if len(minibatch) else ():
+            # --fsdp: as many micro-batches on every rank, padded ones training nothing (algorithms/distributed.py)
+            micro_batches = dist.micro_batches(model, minibatch, groups_per_micro)
+            for i, groups in enumerate(micro_batches):
                 rows = (groups[:, None] * G + torch.arange(G)).flatten().to(batch.rewards.device)
-                micro = batch.select(rows, n_tokens=n_tokens, n_rows=n_rows)
+                micro = dist.padded(batch.select(rows, n_tokens=n_tokens, n_rows=n_rows), G)
                 logprobs, _, hidden = response_logprobs(model, micro, cfg.temperature)
                 values = [] if value_head is None else [value_head(hidden).squeeze(-1).float() * micro.response_mask]
                 loss, micro_stats = algo.loss(logprobs, micro, cfg, *values)  # PPO's loss also takes its values
+                dist.sync_gradients(model, last=i == len(micro_batches) - 1)  # --fsdp: once per optimizer step
                 loss.backward()
                 for k, v in micro_stats.items():
                     stats[k] = stats.get(k, 0.0) + float(v)
             dist.sum_gradients(params)  # the ranks' one exchange per optimizer step (algorithms/distributed.py)
-            grad_norms += float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            grad_norms += float(dist.clip_grad_norm_(params, cfg.grad_clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
@@ -439,9 +445,11 @@ def update(model, optimizer, batch, algo, cfg, value_head=None):
 
 
 def make_optimizer(modules, lr):
-    # AdamW with weight decay 0.01, as 2504.11343's training scripts use; on what trains only (--lora: the adapters)
-    trained = [p for m in modules for p in m.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trained, lr=lr, weight_decay=0.01, fused=True)
+    # AdamW with weight decay 0.01, as 2504.11343's training scripts use; on what trains only (--lora: the adapters).
+    # A parameter group per module: under --fsdp the policy's are sharded, PPO's value head's not, and one fused
+    # AdamW step cannot take both
+    groups = [{"params": [p for p in m.parameters() if p.requires_grad]} for m in modules]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, fused=True)
 
 
 def set_gradient_checkpointing(model, on):
@@ -464,7 +472,8 @@ def rl_step(model, sampler, reference, value_head, optimizer, tokenizer, next_pr
     # 1. sample group_size responses to prompts_per_step questions and grade them (or the algorithm decides how
     # many questions: DAPO samples more); continued SFT takes as many reference chains as the others sample
     def draw(n):
-        return generate(sampler, tokenizer, next_problems(n), cfg, group_size=cfg.group_size)[0]
+        with dist.whole(sampler):  # --fsdp: the weights gathered whole for the sampling (algorithms/distributed.py)
+            return generate(sampler, tokenizer, next_problems(n), cfg, group_size=cfg.group_size)[0]
     if getattr(algo, "REFERENCE_RESPONSES", False):
         rollout = reference_batch(tokenizer, next_problems(cfg.prompts_per_step * cfg.group_size),
                                   cfg.instruction).to(cfg.device)
@@ -549,10 +558,12 @@ def train(cfg):
         else None  # a linear layer on the policy's own last hidden state (PPO), starting at 0
     for weight in value_head.parameters() if value_head else []:
         torch.nn.init.zeros_(weight)
+    if cfg.fsdp:  # before the optimizer, which then keeps AdamW's state of this rank's shards only
+        dist.shard(model, reference)
     optimizer = make_optimizer([model] + ([value_head] if value_head else []), cfg.lr)
     # bf16: sample (most of the time) from a bf16 copy of the weights, refreshed after every update; scoring and
-    # updates autocast from the fp32 weights the optimizer keeps (see precision())
-    sampler = copy.deepcopy(model).to(torch.bfloat16) if cfg.dtype == "bf16" else model
+    # updates autocast from the fp32 weights the optimizer keeps (see precision()). --fsdp: no copy, autocast too
+    sampler = copy.deepcopy(model).to(torch.bfloat16) if cfg.dtype == "bf16" and not cfg.fsdp else model
     progress = load_checkpoint(resume_from, model, optimizer, value_head) if resume_from else Progress()
     # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
@@ -565,7 +576,8 @@ def train(cfg):
         progress.logged += 1
 
     def run_eval(step):
-        metrics, records = evaluate(sampler, tokenizer, test_problems, cfg, cfg.eval_k)
+        with dist.whole(sampler):
+            metrics, records = evaluate(sampler, tokenizer, test_problems, cfg, cfg.eval_k)
         write_jsonl(out / "samples" / f"step-{step}.jsonl", records)
         progress.accuracy[step] = metrics["accuracy"]
         return {f"eval/{k}": v for k, v in metrics.items()}
@@ -608,9 +620,11 @@ def train(cfg):
               f"{shlex.quote(str(out))}")
         raise SystemExit(128 + signal.SIGINT)
 
+    # --lora: W + (α/R)·B·A, a plain HF model; --fsdp: the shards gathered onto rank 0 (all ranks take part)
+    weights = dist.full_state_dict(model) if dist.sharded(model) else lora.plain_state_dict(model, merge=True)
     if dist.is_main():
         save_atomically(out / "model", model, tokenizer, [("value_head.pt", value_head.state_dict())] if value_head
-                        else [], lora.plain_state_dict(model, merge=True))  # --lora: W + (α/R)·B·A, a plain HF model
+                        else [], weights)
     summary = {"warm-up (SFT), step 0" if cfg.sft_steps else "the model as given, step 0": progress.accuracy[0],
                f"+ {cfg.algo} {cfg.steps} steps ({progress.rl_seconds:.0f} s)": progress.accuracy[cfg.steps]}
     if cfg.sft_baseline:
@@ -772,12 +786,15 @@ def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
     """out/checkpoint-<step>/ (an HF folder), then out/latest names it: both atomic, so `latest` is always whole."""
     path = out / f"checkpoint-{progress.step}"
     # every rank's random streams, in rank order; the rest is the same on every rank, and rank 0 writes it
-    state = dict(progress=dataclasses.asdict(progress), optimizer=optimizer.state_dict(), python_rng=random.getstate(),
+    state = dict(progress=dataclasses.asdict(progress), python_rng=random.getstate(),
+                 optimizer=dist.optimizer_state_dict(optimizer, [model, value_head]),
                  torch_rng=dist.gathered(torch.get_rng_state()), adapters=lora.adapter_state_dict(model),
                  cuda_rng=dist.gathered(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None)
     extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
+    # --fsdp: the weights (and above, AdamW's state) gathered onto rank 0, every rank taking part
+    weights = dist.full_state_dict(model) if dist.sharded(model) else lora.plain_state_dict(model, merge=False)
     if dist.is_main():
-        save_atomically(path, model, tokenizer, extra, lora.plain_state_dict(model, merge=False))
+        save_atomically(path, model, tokenizer, extra, weights)
         (out / "latest.tmp").write_text(path.name)
         os.replace(out / "latest.tmp", out / "latest")
         for old in set(out.glob("checkpoint-*")) - {path}:
@@ -789,7 +806,7 @@ def load_checkpoint(path, model, optimizer, value_head):
     """Restore LoRA adapters, optimizer, value head and RNG state from a checkpoint folder; returns its Progress."""
     state = torch.load(path / "trainer_state.pt", weights_only=False)
     model.load_state_dict(state["adapters"], strict=False)  # --lora's A and B; the weights came with the model
-    optimizer.load_state_dict(state["optimizer"])
+    dist.load_optimizer_state_dict(optimizer, [model, value_head], state["optimizer"])
     if value_head is not None:
         value_head.load_state_dict(torch.load(path / "value_head.pt"))
     random.setstate(state["python_rng"])
@@ -878,6 +895,7 @@ def build_parser():
     a("--dtype", choices=("fp32", "bf16"), default="bf16" if torch.cuda.is_available() else "fp32",
       help="bf16: sample from a bf16 copy, score and update under autocast; weights and optimizer stay fp32")
     a("--save-every", type=at_least(0), default=0, help="checkpoint every N steps and at the end (Ctrl-C always saves)")
+    a("--fsdp", action="store_true", help="under torchrun: shard weights, gradients and AdamW state (FSDP2)")
     a("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its latest checkpoint (--steps may extend it)")
     importlib.import_module("algorithms.compare").add_flags(p.add_argument_group("comparing algorithms "
                                                                               "(algorithms/compare.py)"))
@@ -925,9 +943,7 @@ def main(argv):
     cfg = parse_args(argv)
     # under torchrun: join the other processes, each computing on its own GPU (or the CPU); algorithms/distributed.py
     cfg.device, cfg.reference_device = dist.init(cfg.device, cfg.reference_device)
-    if dist.world_size() > 1 and (cfg.compare or cfg.prompts_per_step < dist.world_size()):
-        raise SystemExit("--compare starts its own processes: run it without torchrun" if cfg.compare else
-                         f"--prompts-per-step {cfg.prompts_per_step}: fewer than the {dist.world_size()} processes")
+    dist.refuse_unsupported(cfg)  # what torchrun, or --fsdp, cannot run
     if dist.is_main():
         make_run_folder(Path(cfg.out), not cfg.resume, "*/metrics.jsonl" if cfg.compare else "metrics.jsonl")
     torch.set_num_threads(cfg.threads)

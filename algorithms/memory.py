@@ -23,6 +23,20 @@ above its tensors with the tiny model's defaults, but 50-75 % above with --grad-
 (within 25 % of them with MALLOC_MMAP_THRESHOLD_=65536, which hands large blocks back to the system at once).
 Not planned: the SFT warm-up and the --sft-baseline, which train on --sft-batch reference chains.
 
+Under torchrun each of the N processes samples and evaluates its share of the questions. With --fsdp each also keeps
+only 1/N of the weights, the reference model and AdamW's state (algorithms/distributed.py), but gathers weights whole
+to compute with them:
+
+    weights, reference     4 · params / N
+    optimizer state        8 · trained / N
+    gradients              4 · trained, whole-sized while FSDP accumulates them over a step's micro-batches (it
+                           reduce-scatters on the last); 4 · trained / N when a step has one micro-batch
+    gathered, update       4 · (root + 2 layers): the embeddings, the LM head and the final norm stay whole through
+                           each micro-batch's forward and backward, the decoder layers one or two at a time
+    gathered, sampling     4 · params: the policy whole while sampling, scoring and evaluating (the reference while
+                           it scores)
+    activations            each row runs its own prompt (prompts = rows in activation_bytes)
+
 The figures behind activation_bytes were counted with torch.autograd.graph.saved_tensors_hooks on LLaMA-shaped
 models (tiny, SmolLM2-135M) in transformers 5; what a model of another architecture saves can differ.
 """
@@ -34,6 +48,8 @@ import re
 import resource
 
 import torch
+
+from algorithms import distributed
 
 GiB = 2 ** 30
 LORA_FOR_REFUSAL = 16  # the rank the refusal line proposes
@@ -148,6 +164,15 @@ def activation_bytes(s, prompts, rows, prompt_len, response_len, dtype, checkpoi
     return s.layers * (tokens * a + kv) + tokens * a + weight_copies
 
 
+def gathered_in_update_bytes(s):
+    """4 · (root + 2 layers) under --fsdp: the root unit (embeddings, LM head if untied, final norm: V·H·(1 or 2) + H)
+    is whole through each micro-batch's forward and backward, the decoder layers one at a time, the next one
+    being gathered meanwhile."""
+    root = s.vocab * s.hidden * (1 if s.tied else 2) + s.hidden
+    layer = (parameter_count(s) - root) // s.layers
+    return 4 * (root + min(2, s.layers) * layer)
+
+
 def logprob_chunk_bytes(s, rows, response_len, logits_per_chunk):
     """3 · chunk_rows · T · V · 4: token_logprobs sends max(1, logits_per_chunk // (T·V)) rows at a time through
     the LM head; the fp32 logits, their log-softmax and its gradient exist at once."""
@@ -164,9 +189,9 @@ class Plan:
     baseline: int = 0      # CPU: the resident memory the measurement starts from
 
 
-def plan(s, cfg, prompt_len, n_eval, logits_per_chunk):
-    """The plan of a run with flags `cfg` on a model of shape `s`: prompt_len is the longest prompt in tokens,
-    n_eval the number of held-out questions."""
+def plan(s, cfg, prompt_len, n_eval, logits_per_chunk, processes=1):
+    """The plan of one process of a run with flags `cfg` on a model of shape `s`: prompt_len is the longest prompt in
+    tokens, n_eval the number of held-out questions, processes how many torchrun started."""
     algo = importlib.import_module(f"algorithms.{cfg.algo}")
     device = torch.device(cfg.device).type
     params = parameter_count(s)
@@ -181,28 +206,38 @@ def plan(s, cfg, prompt_len, n_eval, logits_per_chunk):
     groups = cfg.prompts_per_step * cfg.group_size // G
     micro_groups = min(max(1, cfg.micro_batch // G), math.ceil(groups / cfg.minibatches))
     micro_rows = micro_groups * G
-    sampled_rows = 0 if getattr(algo, "REFERENCE_RESPONSES", False) else cfg.prompts_per_step * cfg.group_size
-    eval_rows = min(cfg.eval_batch, n_eval) * max(1, cfg.eval_k)  # greedy, then eval_k samples per question
+    # under torchrun each process samples and evaluates its share of the questions
+    prompts_here, questions_here = math.ceil(cfg.prompts_per_step / processes), math.ceil(n_eval / processes)
+    sampled_rows = 0 if getattr(algo, "REFERENCE_RESPONSES", False) else prompts_here * cfg.group_size
+    eval_rows = min(cfg.eval_batch, questions_here) * max(1, cfg.eval_k)  # greedy, then eval_k samples per question
     rows = max(sampled_rows, eval_rows)
     T = cfg.max_new_tokens
-    terms = {
-        f"weights ({params / 1e6:,.0f}M parameters, fp32)": weights_bytes(params),
-        "sampler's bf16 copy": sampler_copy_bytes(params, cfg.dtype),
-        f"reference model ({reference})": reference_bytes(params) if reference_here else 0,
-        f"optimizer state (AdamW, {trained / 1e6:,.1f}M trained)": optimizer_bytes(trained),
-        "gradients": gradient_bytes(trained),
+    # --fsdp: 1/N of the weights, the reference and AdamW's state here; gradients whole while accumulated
+    N, shard = (processes, f", 1/{processes} here") if cfg.fsdp else (1, "")
+    accumulating = math.ceil(groups / cfg.minibatches) > micro_groups
+    held = {
+        f"weights ({params / 1e6:,.0f}M parameters, fp32{shard})": weights_bytes(params) // N,
+        "sampler's bf16 copy": sampler_copy_bytes(params, "fp32" if cfg.fsdp else cfg.dtype),
+        f"reference model ({reference}{shard})": reference_bytes(params) // N if reference_here else 0,
+        f"optimizer state (AdamW, {trained / 1e6:,.1f}M trained{shard})": optimizer_bytes(trained) // N}
+    update = {  # sampling and the update never run at the same time
+        "gradients" + (", whole while accumulated" if cfg.fsdp and accumulating else shard):
+            gradient_bytes(trained) // (1 if accumulating else N),
         f"activations ({micro_rows} rows x {prompt_len} + {T} tokens"
-        + (", checkpointed)" if cfg.grad_checkpointing else ")"):
-            activation_bytes(s, micro_groups, micro_rows, prompt_len, T, cfg.dtype, cfg.grad_checkpointing),
-        "log-prob chunks": logprob_chunk_bytes(s, micro_rows, T, logits_per_chunk),
+        + (", checkpointed)" if cfg.grad_checkpointing else ")"):  # --fsdp: each row runs its own prompt
+            activation_bytes(s, micro_rows if cfg.fsdp else micro_groups, micro_rows, prompt_len, T, cfg.dtype,
+                             cfg.grad_checkpointing),
+        "log-prob chunks": logprob_chunk_bytes(s, micro_rows, T, logits_per_chunk)}
+    sampling = {
         f"sampler's KV cache ({rows} rows x {prompt_len} + {T} tokens)":
             kv_cache_bytes(s, rows, prompt_len + T, 2 if cfg.dtype == "bf16" else 4),
-        "sampler's next-token logits": sampling_logits_bytes(s, rows),
-    }
-    values = list(terms.values())
-    held, update, sampling = sum(values[:4]), sum(values[4:7]), sum(values[7:])
-    total = held + (update + sampling if device == "cpu" else max(update, sampling))
-    return Plan(terms, total, device)
+        "sampler's next-token logits": sampling_logits_bytes(s, rows)}
+    if cfg.fsdp:
+        update["weights gathered in the update (root + 2 layers)"] = gathered_in_update_bytes(s)
+        sampling["weights gathered whole to sample and score"] = weights_bytes(params)
+    phases = [sum(terms.values()) for terms in (held, update, sampling)]
+    total = phases[0] + (phases[1] + phases[2] if device == "cpu" else max(phases[1:]))
+    return Plan(held | update | sampling, total, device)
 
 
 def available_bytes(device):
@@ -226,7 +261,7 @@ def resident_bytes():
         return 0
 
 
-def fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, available):
+def fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, available, processes=1):
     """(flags with values, the planned bytes with them) that make the plan fit `available` bytes, or None if even
     all of them do not. They are tried in order of what they cost the run: the reference off the GPU, recomputed
     activations, smaller micro-batches, LoRA, shorter responses, smaller groups; then those that a later one made
@@ -240,7 +275,8 @@ def fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, available):
     steps += [("max_new_tokens", n) for n in halvings(cfg.max_new_tokens, 256)]
     steps += [("group_size", g) for g in halvings(cfg.group_size, smallest_group)]
     def planned(changes):
-        return plan(s, argparse.Namespace(**{**vars(cfg), **changes}), prompt_len, n_eval, logits_per_chunk).total
+        return plan(s, argparse.Namespace(**{**vars(cfg), **changes}), prompt_len, n_eval, logits_per_chunk,
+                    processes).total
     changes, total = {}, planned({})
     for flag, value in steps:
         trial = planned({**changes, flag: value})
@@ -276,7 +312,7 @@ def check(config, cfg, prompt_len, n_eval, logits_per_chunk, available=None):
     """Print the plan of a run on a model with HF config `config`; stop with one line naming the flags that would
     make it fit when it does not. Returns the Plan, whose baseline the measurement starts from."""
     s = Shape.from_config(config)
-    run_plan = plan(s, cfg, prompt_len, n_eval, logits_per_chunk)
+    run_plan = plan(s, cfg, prompt_len, n_eval, logits_per_chunk, distributed.world_size())
     run_plan.available = available_bytes(cfg.device) if available is None else available
     phases = "the phases added up (CPU)" if run_plan.device == "cpu" else "held + the larger of update and sampling"
     free = "unknown" if run_plan.available is None else \
@@ -285,7 +321,8 @@ def check(config, cfg, prompt_len, n_eval, logits_per_chunk, available=None):
           + "".join(f"\n  {name:<60} {size(value):>9}" for name, value in run_plan.terms.items())
           + f"\n  {'peak: ' + phases:<60} {size(run_plan.total):>9} of {free}", flush=True)
     if run_plan.available is not None and run_plan.total > run_plan.available:
-        fix = fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, run_plan.available)
+        fix = fitting_flags(s, cfg, prompt_len, n_eval, logits_per_chunk, run_plan.available,
+                            distributed.world_size())
         advice = f"it fits with {flag_text(fix[0])} (~{size(fix[1])})" if fix else \
             "no setting of --micro-batch, --grad-checkpointing, --lora, --max-new-tokens or --group-size makes it " \
             "fit: use a smaller model or a larger device"

@@ -15,7 +15,7 @@ SHAPE = memory.Shape.from_config(SMALL)
 # prompts of 3 tokens, 5 new tokens, 4 prompts x 2 samples, micro-batches of 2 rows, 10 held-out questions, 3 a batch
 RUN = {"algo": "grpo", "model": "small", "device": "cpu", "reference_device": None, "kl_coef": 0.001, "lora": 0,
        "dtype": "fp32", "prompts_per_step": 4, "group_size": 2, "minibatches": 2, "micro_batch": 2,
-       "max_new_tokens": 5, "eval_batch": 3, "eval_k": 0, "grad_checkpointing": False}
+       "max_new_tokens": 5, "eval_batch": 3, "eval_k": 0, "grad_checkpointing": False, "fsdp": False}
 
 
 def run_flags(**changes):
@@ -70,6 +70,24 @@ def test_the_plan_adds_the_terms_as_the_device_reuses_memory():
     # an evaluation batch of 10 questions x 4 samples (40 rows) outgrows the rollout's 8: KV 40 · 8 · 64 = 20480,
     # logits 5 · 40 · 10 · 4 = 8000
     assert memory.plan(SHAPE, run_flags(eval_batch=10, eval_k=4), 3, 10, 2 ** 25).total == 20352 + 28496 + 28480
+
+
+def test_the_plan_under_fsdp_divides_what_is_sharded_and_adds_what_is_gathered():
+    # 2 processes with --fsdp. Held: weights 4 · 1272 / 2 = 2544, reference 2544, AdamW 8 · 1272 / 2 = 5088 -> 10176.
+    # Update: micro-batches of 1 group while a mini-batch has 2, so FSDP accumulates whole-sized gradients, 5088;
+    # gathered: the root (embeddings 10·8 + final norm 8 = 88) and 2 layers of (1272 - 88) / 2 = 592, 4 · 1272 =
+    # 5088; activations with each row running its own prompt: tokens 2 · 3 + 2 · 5 = 16, keys and values
+    # 4 B · 2 · (2 · 3 · 4 + 2 · 8 · 8) = 1216, 2 layers · (16 · 512 + 1216) + 16 · 512 = 27008; one chunk 1200
+    # -> 38384. Sampling: the weights whole 5088; this process's 2 of the 4 prompts x 2 samples = 4 rows (more than
+    # an evaluation batch of 3): KV 4 · 8 · 2 · 2 · 4 · 4 = 2048, logits 5 · 4 · 10 · 4 = 800 -> 7936
+    cpu = memory.plan(SHAPE, run_flags(fsdp=True), 3, 10, 2 ** 25, processes=2)
+    assert cpu.total == 10176 + 38384 + 7936 == 56496
+    assert memory.plan(SHAPE, run_flags(fsdp=True, device="cuda"), 3, 10, 2 ** 25, processes=2).total == 48560
+    # micro-batches of 2 groups, one per mini-batch: the gradients are reduce-scattered as the backward makes them,
+    # 5088 / 2 = 2544; activations of 4 rows: tokens 4 · 3 + 4 · 5 = 32, keys and values 8 · (4 · 3 · 4 + 4 · 8 · 8)
+    # = 2432, 2 · (32 · 512 + 2432) + 32 · 512 = 54016; chunk 3 · 4 · 5 · 10 · 4 = 2400 -> 64048
+    assert memory.plan(SHAPE, run_flags(fsdp=True, micro_batch=4), 3, 10, 2 ** 25, processes=2).total == \
+        10176 + (2544 + 5088 + 54016 + 2400) + 7936 == 82160
 
 
 def test_the_activation_count_is_what_autograd_saves():
