@@ -39,9 +39,13 @@ def make_batch(tokenizer):
     return M.Rollout(prompt_ids, prompt_mask, response_ids, response_mask.float(), G, rewards=rewards)
 
 
-def update(model_dir, batch, algo, settings, rows=None):
-    """Parameters after M.update with SGD on `rows` of the batch (all by default), from the model in model_dir."""
+def update(model_dir, batch, algo, settings, rows=None, shard=False):
+    """Parameters after M.update with SGD on `rows` of the batch (all by default), from the model in model_dir.
+    shard: the model sharded (--fsdp) before the optimizer is built, and the parameters gathered whole onto rank 0
+    ({} on the others)."""
     model, _ = M.load_model(str(model_dir), model_dir, "cpu")
+    if shard:
+        distributed.shard(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     old_logprobs = M.score(model, batch, 1.0, micro_batch=64, with_entropy=False)[0]
     batch = M.Rollout(**vars(batch) | {"old_logprobs": old_logprobs})
@@ -50,7 +54,14 @@ def update(model_dir, batch, algo, settings, rows=None):
         batch = batch.select(rows)
     torch.manual_seed(0)  # rank 0's draw of the mini-batches is the one process's draw
     M.update(model, optimizer, batch, algo, settings)
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+    return distributed.full_state_dict(model) if shard else {name: p.detach().clone() for name, p in
+                                                               model.named_parameters()}
+
+
+def largest_change(model_dir, parameters):
+    """How far an update moved `parameters` from the model in model_dir: the largest change of any entry."""
+    start = dict(M.load_model(str(model_dir), model_dir, "cpu")[0].named_parameters())
+    return max((value - start[key]).abs().max() for key, value in parameters.items())
 
 
 CASES = {  # name: (algorithm, settings, the whole batch's rows the update trains on, rank 0's, rank 1's)
@@ -64,13 +75,14 @@ CASES = {  # name: (algorithm, settings, the whole batch's rows the update train
 }
 
 
-def case_batch(model_dir, name):
-    algo, changes, whole, *_ = CASES[name]
+def case_batch(model_dir, name, cases=CASES):
+    """(algorithm, settings, the whole batch) of the case `name` of `cases`; its settings change CFG's."""
+    algo, changes, *_ = cases[name]
     _, tokenizer = M.load_model(str(model_dir), model_dir, "cpu")
     batch = make_batch(tokenizer)
     if algo is raft:  # kept rows as groups of one, as rl_step hands them to the update
         batch = M.Rollout(**vars(batch) | {"group_size": 1})
-    return algo, SimpleNamespace(**vars(CFG), **changes), batch
+    return algo, SimpleNamespace(**vars(CFG) | changes), batch
 
 
 def rank_main(rank, folder):
@@ -88,19 +100,27 @@ def rank_main(rank, folder):
     torch.distributed.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """The folder where two gloo processes left their results (the model they started from in folder/model)."""
-    folder = tmp_path_factory.mktemp("two-ranks")
+def run_two_ranks(folder, main):
+    """main(rank, folder) in two processes, from a model built in folder/model; returns the folder once both have
+    exited cleanly."""
     models.build_tiny_model(folder / "model", SMALL_MODEL)
     context = multiprocessing.get_context("fork")  # the children start with minireason imported: seconds, not tens
-    ranks = [context.Process(target=rank_main, args=(rank, folder)) for rank in range(2)]
+    ranks = [context.Process(target=main, args=(rank, folder)) for rank in range(2)]
     for process in ranks:
         process.start()
     for process in ranks:
         process.join(timeout=300)
+    for process in ranks:  # one waiting for the other's collective forever (a mismatch) must not outlive the test
+        if process.is_alive():
+            process.kill()
     assert [process.exitcode for process in ranks] == [0, 0]
     return folder
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The folder where two gloo processes left their results (the model they started from in folder/model)."""
+    return run_two_ranks(tmp_path_factory.mktemp("two-ranks"), rank_main)
 
 
 def test_a_masked_mean_is_over_all_ranks_tokens(two_ranks):
@@ -116,8 +136,7 @@ def test_two_ranks_make_one_process_update(two_ranks, i, name):
     # rank's own tokens, or averaging the ranks' gradients, gives other parameters.
     algo, settings, batch = case_batch(two_ranks / "model", name)
     one_process = update(two_ranks / "model", batch, algo, settings, rows=torch.tensor(CASES[name][2]))
-    start = dict(M.load_model(str(two_ranks / "model"), two_ranks, "cpu")[0].named_parameters())
-    assert max((value - start[key]).abs().max() for key, value in one_process.items()) > 1e-2  # the update moved
+    assert largest_change(two_ranks / "model", one_process) > 1e-2  # the update moved
     for rank in range(2):
         ranks = torch.load(two_ranks / f"case{i}-rank{rank}.pt")
         for key, value in one_process.items():

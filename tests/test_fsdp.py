@@ -2,7 +2,6 @@
 holding part of a batch and 1/2 of every weight, make the update one process makes holding all of it; a two-process
 --fsdp run logs what one process logs and saves a model/ that from_pretrained loads."""
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import transformers
 
 import minireason as M
 from algorithms import distributed, grpo, models, ppo, raft
-from test_distributed import CFG, SMALL_MODEL, make_batch, update
+from test_distributed import CFG, SMALL_MODEL, case_batch, largest_change, make_batch, run_two_ranks, update
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (algorithm, settings, the whole batch's rows the update trains on, rank 0's, rank 1's). The batch is
@@ -34,30 +33,6 @@ CASES = {
     "raft, rank 1 holds no row": (raft, dict(loss_agg="token-mean", micro_batch=4), range(0, 8, 2), range(0, 8, 2),
                                   []),
 }
-
-
-def case_batch(model_dir, name):
-    algo, changes, *_ = CASES[name]
-    _, tokenizer = M.load_model(str(model_dir), model_dir, "cpu")
-    batch = make_batch(tokenizer)
-    if algo is raft:  # kept rows as groups of one, as rl_step hands them to the update
-        batch = M.Rollout(**vars(batch) | {"group_size": 1})
-    return algo, SimpleNamespace(**vars(CFG) | changes), batch
-
-
-def sharded_update(model_dir, batch, algo, settings, rows):
-    """test_distributed.update on this rank's rows, the model sharded (--fsdp) before the optimizer is built: the
-    parameters after it, gathered whole onto rank 0 ({} on rank 1)."""
-    model, _ = M.load_model(str(model_dir), model_dir, "cpu")
-    distributed.shard(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    # the whole batch's old log-probs (scored with the weights gathered whole, as rl_step does) and advantages
-    old_logprobs = M.score(model, batch, 1.0, micro_batch=64, with_entropy=False)[0]
-    batch = M.Rollout(**vars(batch) | {"old_logprobs": old_logprobs})
-    batch = M.Rollout(**vars(batch) | {"advantages": algo.advantages(batch, settings)}).select(rows)
-    torch.manual_seed(0)  # rank 0's draw of the mini-batches is the one process's draw
-    M.update(model, optimizer, batch, algo, settings)
-    return distributed.full_state_dict(model)
 
 
 # PPO: GAE's advantages and a value head on the policy's last hidden state, which is not sharded (its gradient is
@@ -92,9 +67,10 @@ def rank_main(rank, folder):
     torch.distributed.init_process_group("gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank,
                                          world_size=2)
     for i, name in enumerate(CASES):
-        algo, settings, batch = case_batch(folder / "model", name)
+        algo, settings, batch = case_batch(folder / "model", name, CASES)
         mine = torch.tensor(CASES[name][3 + rank], dtype=torch.long)
-        parameters = sharded_update(folder / "model", batch, algo, settings, mine)
+        # the whole batch scored (its weights gathered whole, as rl_step does), this rank's rows updated
+        parameters = update(folder / "model", batch, algo, settings, rows=mine, shard=True)
         if rank == 0:
             torch.save(parameters, folder / f"case{i}.pt")
     ppo_parameters = update_with_value_head(folder / "model", torch.arange(12) if rank == 0 else torch.arange(12, 16),
@@ -107,19 +83,7 @@ def rank_main(rank, folder):
 def two_sharded_ranks(tmp_path_factory):
     """The folder where two gloo processes left the parameters of each case (the model they started from in
     folder/model)."""
-    folder = tmp_path_factory.mktemp("two-sharded-ranks")
-    models.build_tiny_model(folder / "model", SMALL_MODEL)
-    context = multiprocessing.get_context("fork")  # the children start with minireason imported: seconds, not tens
-    ranks = [context.Process(target=rank_main, args=(rank, folder)) for rank in range(2)]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(timeout=300)
-    for process in ranks:  # one waiting for the other's collective forever (a mismatch) must not outlive the test
-        if process.is_alive():
-            process.kill()
-    assert [process.exitcode for process in ranks] == [0, 0]
-    return folder
+    return run_two_ranks(tmp_path_factory.mktemp("two-sharded-ranks"), rank_main)
 
 
 @pytest.mark.parametrize("i, name", list(enumerate(CASES)))
@@ -127,10 +91,9 @@ def test_two_sharded_ranks_make_one_process_update(two_sharded_ranks, i, name):
     # Two optimizer steps with SGD, each rank's loss divided by the whole mini-batch's tokens (or rows), the
     # gradients of the shards summed (not averaged, FSDP's default: that halves the step), the LM head's gradient
     # (the embeddings' too: they are tied) included though the update reads its weight outside any forward
-    algo, settings, batch = case_batch(two_sharded_ranks / "model", name)
+    algo, settings, batch = case_batch(two_sharded_ranks / "model", name, CASES)
     one_process = update(two_sharded_ranks / "model", batch, algo, settings, rows=torch.tensor(CASES[name][2]))
-    start = dict(M.load_model(str(two_sharded_ranks / "model"), two_sharded_ranks, "cpu")[0].named_parameters())
-    assert max((value - start[key]).abs().max() for key, value in one_process.items()) > 1e-3  # the update moved
+    assert largest_change(two_sharded_ranks / "model", one_process) > 1e-3  # the update moved
     gathered = torch.load(two_sharded_ranks / f"case{i}.pt")
     assert sorted(gathered) == sorted(one_process)
     for key, value in one_process.items():
@@ -141,8 +104,7 @@ def test_two_sharded_ranks_make_one_process_ppo_update(two_sharded_ranks):
     # The value head's gradient summed by sum_gradients, the model's by FSDP, the two groups of AdamW's parameters
     # (here SGD's) stepped apart, and the gradient norm taken over both (about 2.5; CFG does not clip)
     one_weights, one_head = update_with_value_head(two_sharded_ranks / "model", torch.arange(16), shard=False)
-    start = dict(M.load_model(str(two_sharded_ranks / "model"), two_sharded_ranks, "cpu")[0].named_parameters())
-    assert max((value - start[key]).abs().max() for key, value in one_weights.items()) > 1e-3  # the update moved
+    assert largest_change(two_sharded_ranks / "model", one_weights) > 1e-3  # the update moved
     weights, head = torch.load(two_sharded_ranks / "ppo-rank0.pt")
     for key, value in one_weights.items():
         torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6, msg=key)
