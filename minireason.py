@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import importlib
 import json
 import math
@@ -36,8 +35,9 @@ from algorithms.common import (LOSS_AGGREGATIONS, above, at_least, entropy_from_
                                masked_mean)
 from algorithms.grader import extract_answer, grade_batch, has_answer, majority_correct
 from algorithms.models import (SMOLLM2_HUB_ID, SMOLLM2_INSTALL, build_tiny_model, cached, ctrl_c_finishes_the_step,
-                               first_line, hub_unreachable, load_checkpoint, make_run_folder, resumable_run,
-                               save_atomically, save_checkpoint, save_checkpoint_folder, smollm2_checkpoint)
+                               first_line, hub_unreachable, load_checkpoint, make_run_folder, print_table,
+                               resumable_run, save_atomically, save_checkpoint, save_checkpoint_folder, settings_hash,
+                               smollm2_checkpoint, write_jsonl)
 from algorithms.tasks import INSTRUCTION, load_task, with_chains
 
 ALGORITHMS = ("grpo", "raft", "raftpp", "reinforce", "reinforce_rej", "ppo", "dpo", "sft",
@@ -273,12 +273,29 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
 LOGITS_PER_CHUNK = 2 ** 25  # LM-head logits that exist at a time: 128 MiB in fp32
 
 
+class LogSoftmaxAt(torch.autograd.Function):
+    """log_softmax(logits)[tokens]: logits (N, V), tokens (N,) -> (N,) fp32; autograd's values and gradient with one
+    (N, V) tensor in the backward instead of three: the kept log-softmax becomes the gradient in place."""
+    # d log_softmax(l)[t] / d l = onehot(t) - softmax(l), times the incoming gradient g
+
+    @staticmethod
+    def forward(ctx, logits, tokens):
+        logp = logits.float().log_softmax(-1)
+        ctx.save_for_backward(logp, tokens)
+        ctx.logits_dtype = logits.dtype
+        return logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        logp, tokens = ctx.saved_tensors  # needed no more: it becomes -g·softmax, then + g at each token, in place
+        return logp.exp_().mul_(-g[:, None]).scatter_add_(-1, tokens[:, None], g[:, None]).to(ctx.logits_dtype), None
+
+
 def head_logprobs(hidden, head, tokens, temperature, with_entropy=False):
     """hidden (N, ..., H), tokens (N, ...) -> log_softmax(head(hidden) / temperature)[tokens], its entropy or None."""
     # (W h + b) / T = W (h / T) + b / T: dividing the H-wide hidden states, not the V-wide logits
-    logits = F.linear(hidden / temperature, head.weight, None if head.bias is None else head.bias / temperature).float()
-    # log π(t) = -cross_entropy(logits, t), whose fused backward makes fewer passes over the logits
-    logprobs = -F.cross_entropy(logits.flatten(0, -2), tokens.flatten(), reduction="none").view_as(tokens)
+    logits = F.linear(hidden / temperature, head.weight, None if head.bias is None else head.bias / temperature)
+    logprobs = LogSoftmaxAt.apply(logits.flatten(0, -2), tokens.flatten()).view_as(tokens)
     return logprobs, entropy_from_logits(logits.detach()) if with_entropy else None
 
 
@@ -310,14 +327,17 @@ def response_hidden(model, batch):
                      position_ids=position_ids(attention_mask), use_cache=False, output_hidden_states=True,
                      logits_to_keep=1).hidden_states[-1][:, P - 1:-1]
     prompt_ids, prompt_mask, row_prompt = distinct_prompts(batch.prompt_ids, batch.prompt_mask)
+    # one embedding lookup for prompts and responses: its gradient, dense (V, H), is built once, not twice
+    ids = torch.cat([prompt_ids.flatten(), batch.response_ids.flatten()])
+    embeds = model.get_input_embeddings()(ids).split([prompt_ids.numel(), batch.response_ids.numel()])
     cache = transformers.DynamicCache(config=model.config)
-    prompt_hidden = model.base_model(input_ids=prompt_ids, attention_mask=prompt_mask,
+    prompt_hidden = model.base_model(inputs_embeds=embeds[0].view(*prompt_ids.shape, -1), attention_mask=prompt_mask,
                                      position_ids=position_ids(prompt_mask), cache=cache,
                                      use_cache=True).last_hidden_state  # (U, P, H)
     cache.batch_select_indices(row_prompt)  # (U, ...) -> (B, ...): indexing, so gradients add up per prompt
-    hidden = model.base_model(input_ids=batch.response_ids, attention_mask=attention_mask,
-                              position_ids=position_ids(attention_mask)[:, P:], cache=cache,
-                              use_cache=True).last_hidden_state  # (B, T, H)
+    hidden = model.base_model(inputs_embeds=embeds[1].view(*batch.response_ids.shape, -1),
+                              attention_mask=attention_mask, position_ids=position_ids(attention_mask)[:, P:],
+                              cache=cache, use_cache=True).last_hidden_state  # (B, T, H)
     # the hidden state at position j predicts token j + 1: the prompt's last one predicts the first response token
     return torch.cat([prompt_hidden[row_prompt, -1:], hidden[:, :-1]], dim=1)
 
@@ -680,16 +700,6 @@ def evaluate(model, tokenizer, problems, cfg, k=0):
     return metrics, records
 
 
-def write_jsonl(path, records):
-    if dist.is_main():  # rank 0 writes for all
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def print_table(title, rows):
-    print(f"\n{title}" + "".join(f"\n  {name:<40} {value}" for name, value in rows.items()))
-
-
 def evaluate_only(cfg):
     """--eval-only: evaluate --model on the held-out questions, write metrics.jsonl and the samples."""
     out = Path(cfg.out)
@@ -766,10 +776,6 @@ def warm_up(cfg, train_problems):
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: the policy as an HF folder, plus what resuming needs to continue exactly (Progress, and the
 # RNGs and optimizer state that algorithms/models.py saves and restores beside it)
-
-
-def settings_hash(settings):
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclasses.dataclass

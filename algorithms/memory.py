@@ -10,7 +10,7 @@ with --lora, the adapters' only):
     optimizer state    8 · trained                   AdamW's two fp32 moments
     gradients          4 · trained                   during the update
     activations        per micro-batch, see activation_bytes
-    log-prob chunks    3 LM-head chunks of logits, see logprob_chunk_bytes
+    log-prob chunks    2 LM-head chunks of logits, see logprob_chunk_bytes
     KV cache           rows · (prompt + max new tokens) · layers · 2 · kv_heads · head_dim · 2 or 4
     next-token logits  5 fp32 (rows, vocab) tensors while sampling
 
@@ -174,10 +174,11 @@ def gathered_in_update_bytes(s):
 
 
 def logprob_chunk_bytes(s, rows, response_len, logits_per_chunk):
-    """3 · chunk_rows · T · V · 4: token_logprobs sends max(1, logits_per_chunk // (T·V)) rows at a time through
-    the LM head; the fp32 logits, their log-softmax and its gradient exist at once."""
+    """2 · chunk_rows · T · V · 4: token_logprobs sends max(1, logits_per_chunk // (T·V)) rows at a time through
+    the LM head; the logits and their fp32 log-softmax exist at once, which the backward turns into the gradient in
+    place (LogSoftmaxAt)."""
     chunk_rows = min(rows, max(1, logits_per_chunk // (response_len * s.vocab)))
-    return 3 * chunk_rows * response_len * s.vocab * 4
+    return 2 * chunk_rows * response_len * s.vocab * 4
 
 
 @dataclasses.dataclass

