@@ -165,15 +165,15 @@ def next_tokens(logits, temperature, top_k=0, top_p=1.0):
 
 class PreallocatedLayer(transformers.cache_utils.DynamicLayer):
     """One layer's KV cache, keys and values (B, kv_heads, positions, head_dim), written in place into buffers."""
-    # Room for the prompts and the whole response is allocated once, each new token is written into it, and attention
-    # reads a view of the filled positions. (HF's DynamicLayer appends with torch.cat, copying the whole cache at
-    # every step.)
+    # Room for the whole response is allocated once, each new token is written into it, and attention reads a view
+    # of the filled positions. (HF's DynamicLayer appends with torch.cat, copying the whole cache at every step.)
 
-    def __init__(self, key_buffer, value_buffer, length):
+    def __init__(self, keys, values, room):
         super().__init__()
-        self.key_buffer, self.value_buffer = key_buffer, value_buffer
-        self.length, self.dtype, self.device, self.is_initialized = length, key_buffer.dtype, key_buffer.device, True
-        self.keys, self.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
+        self.key_buffer = torch.cat([keys, keys.new_zeros(*keys.shape[:2], room, keys.size(3))], dim=2)
+        self.value_buffer = torch.cat([values, values.new_zeros(*values.shape[:2], room, values.size(3))], dim=2)
+        self.length, self.dtype, self.device, self.is_initialized = keys.size(2), keys.dtype, keys.device, True
+        self.keys, self.values = keys, values
 
     def update(self, key_states, value_states, *args, **kwargs):
         end = self.length + key_states.size(2)
@@ -204,25 +204,22 @@ PREFILL_POSITIONS = 2048  # prompt positions per prefill forward (rows x their l
 def prefill(model, prompt_ids, prompt_mask, max_new_tokens):
     """Left-padded prompts (B, P) through the model -> last logits (B, V), KV cache (P positions + room for more)."""
     # Each distinct prompt runs once, and prompts run shortest first, about PREFILL_POSITIONS positions per forward,
-    # each forward cut to its own longest prompt, so few padding positions are computed. Its keys and values go
-    # straight to the cache rows of every sample of that prompt.
+    # each forward cut to its own longest prompt, so few padding positions are computed.
     ids, mask, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
-    lengths, (B, P) = mask.sum(-1), prompt_ids.shape
-    logits, buffers = None, None  # buffers: per layer, keys and values (B, kv_heads, P + max_new_tokens, head_dim)
+    lengths, P = mask.sum(-1), ids.size(1)
+    logits, kv = None, None  # kv: per layer, (keys, values) (U, kv_heads, P, head_dim) of the distinct prompts
     for chunk in lengths.argsort().split(max(1, PREFILL_POSITIONS // P)):
         width = int(lengths[chunk].max())
         out = model(input_ids=ids[chunk, P - width:], attention_mask=mask[chunk, P - width:],
                     position_ids=position_ids(mask[chunk, P - width:]), use_cache=True, logits_to_keep=1)
-        if buffers is None:  # zeros: the left padding is masked, and must not be NaN (0 x NaN is NaN)
+        if kv is None:
             logits = out.logits.new_empty(len(ids), out.logits.size(-1))
-            buffers = [[t.new_zeros(B, t.size(1), P + max_new_tokens, t.size(3)) for t in (layer.keys, layer.values)]
-                       for layer in out.cache.layers]
+            kv = [tuple(t.new_zeros(len(ids), t.size(1), P, t.size(3)) for t in (layer.keys, layer.values))
+                  for layer in out.cache.layers]
         logits[chunk] = out.logits[:, -1]
-        rows = torch.isin(row_prompt, chunk).nonzero().squeeze(-1)  # the rows whose prompt ran in this chunk
-        source = (row_prompt[rows, None] == chunk).int().argmax(-1)  # where in the chunk each row's prompt is
-        for (keys, values), layer in zip(buffers, out.cache.layers):
-            keys[rows, :, P - width:P], values[rows, :, P - width:P] = layer.keys[source], layer.values[source]
-    layers = [PreallocatedLayer(keys, values, P) for keys, values in buffers]
+        for (keys, values), layer in zip(kv, out.cache.layers):
+            keys[chunk, :, P - width:], values[chunk, :, P - width:] = layer.keys, layer.values
+    layers = [PreallocatedLayer(keys[row_prompt], values[row_prompt], max_new_tokens) for keys, values in kv]
     return logits[row_prompt], transformers.cache_utils.Cache(layers=layers)
 
 
